@@ -1,0 +1,189 @@
+"""ppo_baseline.py: run the real script with tiny budgets and check what it wrote."""
+
+import glob
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import ppo_baseline as baseline  # noqa: E402
+
+TINY = ["--num-envs", "4", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "2"]
+
+
+def run_script(*flags, script="ppo_baseline.py", timeout=300):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *flags], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def scalars(run_path):
+    events = EventAccumulator(run_path, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def only_run(run_dir):
+    runs = glob.glob(os.path.join(run_dir, "*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# ---- observation preprocessing -------------------------------------------------------------------------------------
+
+
+def test_encode_mission_known_unknown_and_padding():
+    encoded = baseline.encode_mission("Go to the red ball")
+    words = ["go", "to", "the", "red", "ball"]
+    assert list(encoded[:5]) == [baseline.WORD_TO_ID[word] for word in words]
+    assert (encoded[5:] == baseline.PAD_ID).all() and encoded.shape == (baseline.MAX_MISSION_WORDS,)
+    assert baseline.encode_mission("go to the zebra")[3] == baseline.UNKNOWN_ID
+    assert len(set(baseline.WORD_TO_ID.values())) == len(baseline.MISSION_WORDS)
+
+
+def test_flat_observation_layout_matches_the_dict_observation():
+    env = gym.make("BabyAI-GoToLocal-v0")
+    obs, _ = env.reset(seed=3)
+    flat = baseline.flatten_observation(obs, {})
+    assert flat.dtype == np.uint8 and flat.shape == (baseline.OBS_SIZE,)
+    assert (flat[: baseline.VIEW_CELLS].reshape(7, 7, 3) == obs["image"]).all()
+    assert flat[baseline.VIEW_CELLS] == obs["direction"]
+    assert (flat[baseline.VIEW_CELLS + 1 :] == baseline.encode_mission(obs["mission"])).all()
+
+
+def test_every_mission_word_of_a_babyai_level_is_in_the_vocabulary():
+    env = baseline.make_env("BabyAI-GoToLocal-v0")()
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        assert baseline.UNKNOWN_ID not in obs[baseline.VIEW_CELLS + 1 :]
+
+
+def test_babyai_level_generation_prints_are_silenced(capfd):
+    env = baseline.make_env("BabyAI-GoToLocal-v0")()
+    for seed in range(30):  # some of these seeds reject samples while generating the level
+        env.reset(seed=seed)
+    assert "Sampling rejected" not in capfd.readouterr().out
+
+
+def test_the_agent_reads_the_mission():
+    torch.manual_seed(0)
+    agent = baseline.Agent(7)
+    env = baseline.make_env("BabyAI-GoToLocal-v0")()
+    obs, _ = env.reset(seed=0)
+    other = obs.copy()
+    other[baseline.VIEW_CELLS + 1 :] = baseline.encode_mission("go to the purple box")
+    with torch.no_grad():
+        features = agent.features(torch.as_tensor(np.stack([obs, other])))
+    assert not torch.allclose(features[0], features[1])
+
+
+# ---- the script end to end -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run shared by the tests below: logs, checkpoint, stdout."""
+    run_dir = tmp_path_factory.mktemp("runs")
+    result = run_script("--total-timesteps", "1024", "--save-model", "--run-dir", str(run_dir), "--log-every", "2", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, only_run(run_dir)
+
+
+def test_training_writes_tensorboard_logs_with_finite_returns(trained):
+    result, run_path = trained
+    logged = scalars(run_path)
+    for tag in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/value_loss",
+                "losses/policy_loss", "losses/entropy", "losses/approx_kl"]:
+        assert logged.get(tag), f"{tag} missing from {sorted(logged)}"
+    assert all(math.isfinite(value) for value in logged["charts/episodic_return"])
+    assert "frames 1024" in result.stdout and "FPS" in result.stdout
+
+
+def test_checkpoint_loads_into_a_fresh_agent(trained):
+    _, run_path = trained
+    checkpoint = torch.load(os.path.join(run_path, "agent.pt"), weights_only=True)
+    assert checkpoint["args"]["env_id"] == "MiniGrid-DoorKey-5x5-v0" and checkpoint["global_step"] == 1024
+    agent = baseline.Agent(7)
+    agent.load_state_dict(checkpoint["model"])
+
+
+def test_eval_on_another_env_id_with_gifs(trained, tmp_path):
+    _, run_path = trained
+    flags = ["--checkpoint", os.path.join(run_path, "agent.pt"), "--eval-episodes", "3", "--env-id", "BabyAI-GoToObj-v0"]
+    result = run_script(*flags, "--capture-video", "--run-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "eval on BabyAI-GoToObj-v0" in result.stdout and "success rate" in result.stdout
+    run_name = os.path.basename(only_run(str(tmp_path)))
+    gifs = glob.glob(os.path.join(ROOT, "videos", run_name, "*.gif"))
+    assert gifs and all(os.path.getsize(gif) > 0 for gif in gifs)
+    for gif in gifs:
+        os.remove(gif)
+    os.rmdir(os.path.join(ROOT, "videos", run_name))
+
+
+def test_fine_tune_continues_from_a_checkpoint(trained, tmp_path):
+    _, run_path = trained
+    result = run_script("--checkpoint", os.path.join(run_path, "agent.pt"), "--fine-tune", "--total-timesteps", "256",
+                        "--run-dir", str(tmp_path), *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded" in result.stdout and "frames 256" in result.stdout
+
+
+def test_same_seed_gives_the_same_learning_curve(tmp_path):
+    curves = []
+    for attempt in range(2):
+        run_dir = tmp_path / str(attempt)
+        result = run_script("--total-timesteps", "1280", "--seed", "7", "--run-dir", str(run_dir), *TINY)
+        assert result.returncode == 0, result.stderr[-3000:]
+        logged = scalars(only_run(str(run_dir)))
+        curves.append((logged["charts/episodic_return"], logged["losses/value_loss"]))
+    assert curves[0] == curves[1]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--env-id", "MiniGrid-DoorKey-5x5-v9"], "did you mean MiniGrid-DoorKey-5x5-v0"),
+        (["--env-id", "CartPole-v1"], "use a MiniGrid-* or BabyAI-* id"),
+        (["--num-envs", "0"], "--num-envs must be at least 1"),
+        (["--num-minibatches", "3"], "must divide by --num-minibatches"),
+        (["--checkpoint", "/nonexistent/agent.pt", "--eval-episodes", "2"], "does not exist"),
+        (["--capture-video"], "add --eval-episodes N"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(flags, message, tmp_path):
+    result = run_script(*flags, "--run-dir", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not os.listdir(tmp_path)  # nothing started
+
+
+def test_ctrl_c_saves_a_checkpoint_and_keeps_the_logs(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "ppo_baseline.py"), "--total-timesteps", "10000000", "--log-every", "1",
+         "--run-dir", str(tmp_path), *TINY],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    deadline = time.time() + 120
+    for line in process.stdout:  # wait until training is under way
+        if line.startswith("update 3/") or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "saving a checkpoint" in stdout
+    run_path = only_run(str(tmp_path))
+    checkpoint = torch.load(os.path.join(run_path, "agent.pt"), weights_only=True)
+    assert checkpoint["global_step"] >= 3 * 4 * 32
+    assert len(scalars(run_path)["losses/value_loss"]) >= 3

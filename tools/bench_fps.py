@@ -1,0 +1,97 @@
+"""Training speed as a fraction of the raw environment speed, measured in one process.
+
+    python tools/bench_fps.py                      # ppo_baseline.py on MiniGrid-DoorKey-5x5-v0, 16 envs
+    python tools/bench_fps.py --scripts ppo_baseline.py ppo_llm_policy.py --script-args "--advisor uniform"
+
+Raw speed: one bare env (gym.make, no wrappers) stepped with random actions on one core, measured before and after
+the training runs (their mean is the reference, so drift on a busy machine shows up as a spread). Training FPS: each
+script's own main loop, run in this process with runpy, read from the FPS it prints at the end.
+"""
+
+import contextlib
+import io
+import os
+import re
+import runpy
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import gymnasium as gym
+import minigrid  # noqa: F401
+import numpy as np
+import tyro
+
+
+@dataclass
+class Args:
+    env_id: str = "MiniGrid-DoorKey-5x5-v0"
+    """environment to measure on"""
+    raw_steps: int = 20_000
+    """random-action steps for the raw env speed measurement"""
+    total_timesteps: int = 40_960
+    """frames each training script runs for"""
+    num_envs: int = 16
+    """parallel envs in the training scripts"""
+    scripts: tuple[str, ...] = ("ppo_baseline.py",)
+    """training scripts to measure (paths relative to the repository root)"""
+    script_args: str = ""
+    """extra flags passed to every script after the first (e.g. "--advisor uniform")"""
+
+
+def raw_env_steps_per_second(env_id, steps, seed=0):
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    with contextlib.redirect_stdout(io.StringIO()):
+        env.reset(seed=seed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            with contextlib.redirect_stdout(io.StringIO()):
+                env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def training_fps(script, flags):
+    """Run a training script's __main__ in this process; return the FPS of its last progress line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, script)
+    captured = io.StringIO()
+    saved_argv = sys.argv
+    sys.argv = [path] + flags
+    try:
+        with contextlib.redirect_stdout(captured):
+            runpy.run_path(path, run_name="__main__")
+    finally:
+        sys.argv = saved_argv
+    fps = re.findall(r"FPS (\d+)", captured.getvalue())
+    if not fps:
+        raise RuntimeError(f"{script} printed no FPS line:\n{captured.getvalue()[-2000:]}")
+    return int(fps[-1]), captured.getvalue()
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    raw_before = raw_env_steps_per_second(args.env_id, args.raw_steps)
+    print(f"raw env ({args.env_id}, 1 env, random actions): {raw_before:.0f} steps/s", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        for i, script in enumerate(args.scripts):
+            flags = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps)]
+            flags += ["--num-envs", str(args.num_envs), "--run-dir", run_dir, "--log-every", "1000000"]
+            flags += shlex.split(args.script_args) if i > 0 else []
+            fps, _ = training_fps(script, flags)
+            results.append((script, fps))
+            print(f"{script}: {fps} training FPS", flush=True)
+    raw_after = raw_env_steps_per_second(args.env_id, args.raw_steps)
+    raw = np.mean([raw_before, raw_after])
+    print(f"raw env again: {raw_after:.0f} steps/s (reference: mean {raw:.0f})\n")
+    print("| script | training FPS | FPS / raw env steps/s |")
+    print("|---|---|---|")
+    for script, fps in results:
+        print(f"| {script} | {fps} | {fps / raw:.0%} |")
+    if len(results) > 1:
+        print(f"\n{results[1][0]} runs at {results[1][1] / results[0][1]:.0%} of {results[0][0]}'s FPS")
