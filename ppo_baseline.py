@@ -57,7 +57,7 @@ class Args:
     """the id of the environment: any MiniGrid-* or BabyAI-* id"""
     total_timesteps: int = 80_000
     """total frames (environment steps over all envs) to train for"""
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     """the learning rate of the optimizer"""
     num_envs: int = 16
     """the number of parallel environments"""
@@ -81,7 +81,7 @@ class Args:
     """the surrogate clipping coefficient"""
     clip_vloss: bool = True
     """toggles whether or not to use a clipped loss for the value function, as per the paper"""
-    ent_coef: float = 0.01
+    ent_coef: float = 0.005
     """coefficient of the entropy bonus"""
     vf_coef: float = 0.5
     """coefficient of the value function loss"""

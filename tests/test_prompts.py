@@ -1,0 +1,376 @@
+"""Tests for prompts.py: text rendering on hand-made grids, and the real SmolLM2 GGUF through llama.cpp."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import minigrid  # noqa: F401  (registers the MiniGrid and BabyAI envs)
+import numpy as np
+import pytest
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+import prompts  # noqa: E402
+from prompts import (  # noqa: E402
+    DONE, DROP, FORWARD, LEFT, PICKUP, RIGHT, TOGGLE, describe_observation, parse_action_reply,
+)
+
+N_THREADS = 1  # the tests share 2 cores with other work: one llama.cpp thread never oversubscribes
+
+
+# ----------------------------------------------------------------------------------------------------
+# describe_observation on hand-made grids
+# ----------------------------------------------------------------------------------------------------
+def empty_view():
+    image = np.zeros((7, 7, 3), dtype=np.uint8)
+    image[:, :, 0] = OBJECT_TO_IDX["empty"]
+    return image
+
+
+def put(image, x, y, object_type, color="red", state="open"):
+    image[x, y] = (OBJECT_TO_IDX[object_type], COLOR_TO_IDX[color], STATE_TO_IDX[state])
+
+
+def test_every_object_type_is_described_with_its_egocentric_position():
+    cases = [
+        (("key", "yellow"), (2, 6), "yellow key one left"),
+        (("ball", "blue"), (5, 4), "blue ball two forward two right"),
+        (("box", "purple"), (3, 5), "purple box one forward"),
+        (("door", "yellow", "locked"), (4, 5), "locked yellow door one forward one right"),
+        (("door", "green", "closed"), (2, 3), "closed green door three forward one left"),
+        (("door", "grey", "open"), (3, 0), "open grey door six forward"),
+        (("goal", "green"), (6, 2), "goal four forward three right"),
+        (("lava", "red"), (0, 6), "lava three left"),
+    ]
+    for args, (x, y), expected in cases:
+        image = empty_view()
+        put(image, x, y, *args)
+        text = describe_observation(image, 0, "get to the goal")
+        assert f"You see {expected}." in text, (expected, text)
+
+
+def test_empty_view_carrying_nothing_and_mission():
+    text = describe_observation(empty_view(), 2, "open the door")
+    assert text == "Goal: open the door. You see nothing. You carry nothing."
+
+
+def test_carried_object_is_read_from_the_agent_cell_and_not_listed_as_seen():
+    image = empty_view()
+    put(image, 3, 6, "key", "blue")
+    text = describe_observation(image, 1, "open the blue door")
+    assert text.endswith("You carry blue key.")
+    assert "You see nothing." in text
+
+
+def test_walls_only_nearest_straight_ahead_and_unseen_cells_skipped():
+    image = empty_view()
+    image[:, 3, 0] = OBJECT_TO_IDX["wall"]  # a wall row three steps ahead
+    image[:, :3, 0] = OBJECT_TO_IDX["unseen"]  # behind it: not visible
+    put(image, 1, 1, "ball", "red")  # hidden ball must not leak into the text ...
+    image[1, 1, 0] = OBJECT_TO_IDX["unseen"]
+    text = describe_observation(image, 0, "go to the red ball")
+    assert "Wall three forward." in text
+    assert "ball" not in text.split("Goal: go to the red ball.")[1]
+    # No wall straight ahead before an unseen cell: nothing is said about walls.
+    image = empty_view()
+    image[3, 4, 0] = OBJECT_TO_IDX["unseen"]
+    image[3, 2, 0] = OBJECT_TO_IDX["wall"]
+    assert "Wall" not in describe_observation(image, 0, "x")
+
+
+def test_ordering_is_deterministic_mission_objects_first_then_nearest_and_capped():
+    image = empty_view()
+    put(image, 3, 5, "box", "grey")  # distance 1
+    put(image, 2, 5, "key", "red")  # distance 2
+    put(image, 5, 6, "ball", "green")  # distance 2, beside
+    put(image, 0, 0, "ball", "purple")  # distance 9, but the mission names it
+    put(image, 6, 0, "key", "blue")  # distance 9
+    put(image, 0, 1, "box", "yellow")  # distance 8
+    text = describe_observation(image, 0, "go to the purple ball")
+    assert text.startswith("Goal: go to the purple ball. You see purple ball six forward three left, "
+                           "grey box one forward, green ball two right, red key one forward one left.")
+    assert text.count(",") + 1 == prompts.MAX_OBJECTS
+    assert "blue key" not in text and "yellow box" not in text
+    assert describe_observation(image.copy(), 3, "go to the purple ball") == text  # pure and stable
+
+
+def test_bad_image_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match="shape"):
+        describe_observation(np.zeros((7, 7)), 0, "x")
+
+
+# ----------------------------------------------------------------------------------------------------
+# actions as words
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reply, action", [
+    ("I would go forward.", FORWARD), ("Turn left", LEFT), (" right", RIGHT), ("pick it up", PICKUP),
+    ("Pickup the key", PICKUP), ("PICK_UP", PICKUP), ("drop", DROP), ("put it down now", DROP),
+    ("toggle", TOGGLE), ("Open the door.", TOGGLE), ("I am done", DONE), ("go straight ahead", FORWARD),
+    ("turn right, then left", RIGHT), ("asdf qwerty", None), ("", None), ("12345", None),
+])
+def test_parse_action_reply(reply, action):
+    assert parse_action_reply(reply) == action
+
+
+def test_allowed_actions_per_env():
+    assert prompts.allowed_actions("BabyAI-GoToLocal-v0") == [LEFT, RIGHT, FORWARD]
+    assert prompts.allowed_actions("BabyAI-PickupLoc-v0") == [LEFT, RIGHT, FORWARD, PICKUP]
+    assert prompts.allowed_actions("BabyAI-OpenDoor-v0") == [LEFT, RIGHT, FORWARD, TOGGLE]
+    assert prompts.allowed_actions("BabyAI-UnlockLocal-v0") == [LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE]
+    assert prompts.allowed_actions("MiniGrid-DoorKey-5x5-v0") == [LEFT, RIGHT, FORWARD, PICKUP, TOGGLE]
+    assert prompts.allowed_actions("MiniGrid-GoToDoor-5x5-v0") == [LEFT, RIGHT, FORWARD, DONE]
+    assert prompts.allowed_actions("SomethingElse-v0") == list(range(7))
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input, baseline advisers
+# ----------------------------------------------------------------------------------------------------
+def test_missing_model_path_is_a_one_line_error(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        prompts.resolve_model_path(str(tmp_path / "nope.gguf"))
+    message = str(error.value)
+    assert "does not exist" in message and "--llm-model-path" in message and "Llama-2-7B-Chat-GGUF" in message
+    assert "\n" not in message
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"this is not a model")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        prompts.resolve_model_path(str(not_gguf))
+    assert prompts.resolve_model_path(None).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_make_advisor_rejects_unknown_names_and_bad_flags():
+    with pytest.raises(ValueError, match="unknown adviser 'oracle'"):
+        prompts.make_advisor("oracle")
+    with pytest.raises(ValueError, match="--llm-temperature"):
+        prompts.make_advisor("llm", temperature=0.0)
+    with pytest.raises(ValueError, match="--llm-mode"):
+        prompts.make_advisor("llm", mode="chat")
+
+
+def assert_valid_probs(probs, n_rows):
+    assert probs.shape == (n_rows, 7) and probs.dtype == np.float32
+    assert np.all(probs > 0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_expert_uniform_and_random_advisers():
+    texts = ["Goal: a. You see nothing. You carry nothing.", "Goal: b. You see nothing. You carry nothing."]
+    expert = prompts.make_advisor("expert", smoothing=0.1, actions=[0, 1, 2])
+    probs = expert.action_probs(texts, np.array([2, -1]))
+    assert_valid_probs(probs, 2)
+    assert probs[0].argmax() == FORWARD and probs[0, FORWARD] > 0.9
+    np.testing.assert_allclose(probs[1, :3], 1 / 3, atol=1e-3)  # no expert action: uniform, counted
+    assert expert.stats["fallbacks"] == 1 and expert.stats["queries"] == 2
+    with pytest.raises(ValueError, match="BabyAIBotWrapper"):
+        expert.action_probs(texts)
+
+    uniform = prompts.make_advisor("uniform", actions=[0, 1, 2, 3])
+    probs = uniform.action_probs(texts)
+    assert_valid_probs(probs, 2)
+    np.testing.assert_allclose(probs, 1 / 7, atol=1e-6)  # all 7 actions: the exact no-advice control
+
+    random_advisor = prompts.make_advisor("random", seed=3)
+    first, again = random_advisor.action_probs(texts), random_advisor.action_probs(texts[::-1])[::-1]
+    assert_valid_probs(first, 2)
+    np.testing.assert_array_equal(first, again)  # consistent per observation text
+    assert not np.allclose(first[0], first[1])  # but different across texts
+    assert not np.allclose(first, prompts.make_advisor("random", seed=4).action_probs(texts))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the real LLM
+# ----------------------------------------------------------------------------------------------------
+def reset_texts(env_id, seeds):
+    env = prompts.BabyAIBotWrapper(gym.make(env_id)) if env_id.startswith("BabyAI") else gym.make(env_id)
+    texts = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        texts.append(describe_observation(obs["image"], obs["direction"], obs["mission"]))
+    return texts
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("llm-cache"))
+
+
+@pytest.fixture(scope="session")
+def advisor(cache_dir):
+    advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=cache_dir,
+                                 actions=prompts.allowed_actions("BabyAI-GoToLocal-v0"))
+    yield advisor
+    advisor.close()
+
+
+@pytest.fixture(scope="session")
+def gotolocal_texts():
+    return reset_texts("BabyAI-GoToLocal-v0", seeds=range(4))
+
+
+def test_llm_scores_are_valid_distributions_on_real_observations(advisor, gotolocal_texts, cache_dir):
+    probs = advisor.action_probs(gotolocal_texts)
+    assert_valid_probs(probs, len(gotolocal_texts))
+    assert np.all(probs[:, 3:] < 1e-3)  # outside GoTo's allowed actions: only the floor
+    assert advisor.stats["misses"] == len(set(gotolocal_texts)) and advisor.stats["fallbacks"] == 0
+
+    doorkey_actions = prompts.allowed_actions("MiniGrid-DoorKey-5x5-v0")
+    doorkey = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=cache_dir, actions=doorkey_actions)
+    probs = doorkey.action_probs(reset_texts("MiniGrid-DoorKey-5x5-v0", seeds=[0, 1]))
+    doorkey.close()
+    assert_valid_probs(probs, 2)
+    assert np.all(probs[:, doorkey_actions].sum(axis=1) > 0.99)
+
+
+def test_cache_hit_on_repeat_and_temperature_applies_after_the_cache(advisor, gotolocal_texts):
+    first = advisor.action_probs(gotolocal_texts)
+    before = dict(advisor.stats)
+    again = advisor.action_probs(gotolocal_texts)
+    np.testing.assert_array_equal(first, again)
+    assert advisor.stats["memory_hits"] == before["memory_hits"] + len(gotolocal_texts)
+    assert advisor.stats["misses"] == before["misses"]
+    assert advisor.stats["tokens_evaluated"] == before["tokens_evaluated"]
+    assert advisor.stats["queries"] == before["queries"] + len(gotolocal_texts)
+
+    advisor.temperature = 10.0  # softer, from the same cached raw scores
+    try:
+        soft = advisor.action_probs(gotolocal_texts)
+    finally:
+        advisor.temperature = 1.0
+    assert advisor.stats["misses"] == before["misses"]
+    entropy = lambda p: -(p * np.log(p)).sum(axis=1)
+    assert np.all(entropy(soft) > entropy(first))
+
+
+def test_cached_only_answers_from_the_cache_and_never_calls_the_llm(advisor, gotolocal_texts):
+    seen = advisor.action_probs(gotolocal_texts[:1])
+    unseen_text = gotolocal_texts[0].replace("Goal:", "Goal: quickly")
+    before = dict(advisor.stats)
+    probs = advisor.action_probs([gotolocal_texts[0], unseen_text], cached_only=True)
+    np.testing.assert_array_equal(probs[0], seen[0])
+    np.testing.assert_allclose(probs[1], 1 / 7, atol=1e-6)  # no advice for the unseen state
+    assert advisor.stats["misses"] == before["misses"] and advisor.stats["skipped"] == before["skipped"] + 1
+
+
+def test_cached_score_equals_a_fresh_score_and_a_full_prompt_evaluation(advisor, gotolocal_texts):
+    cached = advisor.action_probs(gotolocal_texts[:2])
+    fresh_advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=None, actions=advisor.actions)
+    fresh = fresh_advisor.action_probs(gotolocal_texts[:2])
+    np.testing.assert_allclose(fresh, cached, atol=2e-3)
+
+    # The prefix KV reuse gives the same log-probs as evaluating the whole prompt from scratch.
+    text = gotolocal_texts[0]
+    llm = fresh_advisor.llm
+    full_prompt = fresh_advisor.tokenize_prompt(text)
+    assert full_prompt[:fresh_advisor.n_prefix_tokens] == fresh_advisor.prefix_tokens
+    llm.n_tokens = 0
+    llm.eval(full_prompt)
+    log_probs = fresh_advisor._last_log_probs()
+    from_scratch = [log_probs[fresh_advisor.answer_tokens[a][0]] for a in advisor.actions]
+    reused = np.array(advisor.raw_answer(text))[advisor.actions]
+    np.testing.assert_allclose(reused, from_scratch, atol=2e-2)
+    fresh_advisor.close()
+
+
+def test_only_the_suffix_is_evaluated_per_uncached_query(advisor, gotolocal_texts):
+    advisor.action_probs(gotolocal_texts)
+    stats = advisor.stats
+    assert stats["prefix_tokens"] > 40
+    assert 5 < stats["tokens_per_uncached_query"] <= stats["prompt_tokens_per_query"] - stats["prefix_tokens"]
+    assert stats["ms_per_uncached_query"] > 0
+
+
+PERSIST_SCRIPT = """
+import json, sys
+sys.path.insert(0, {root!r})
+import prompts
+advisor = prompts.LLMAdvisor(n_threads=1, cache_dir={cache!r}, actions=[0, 1, 2])
+advisor.action_probs({texts!r})
+print(json.dumps(advisor.stats))
+"""
+
+
+def test_disk_cache_survives_a_new_process(tmp_path):
+    texts = ["Goal: go to the red ball. You see red ball two forward. You carry nothing.",
+             "Goal: go to the red ball. You see red ball one left. You carry nothing."]
+    script = PERSIST_SCRIPT.format(root=REPO_ROOT, cache=str(tmp_path), texts=texts)
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    first, second = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
+    assert first["misses"] == 2 and first["disk_hits"] == 0
+    assert second["misses"] == 0 and second["disk_hits"] == 2 and second["tokens_evaluated"] == 0
+
+
+def test_corrupt_disk_cache_is_rebuilt_with_a_warning(tmp_path):
+    texts = ["Goal: open the door. You see closed red door one forward. You carry nothing."]
+    advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
+    advisor.action_probs(texts)
+    advisor.close()
+    sqlite_file = tmp_path / "llm-advice-v1" / "cache.db"
+    assert sqlite_file.exists()
+    sqlite_file.write_bytes(b"\x00garbage, not sqlite\xff" * 512)
+    with pytest.warns(UserWarning, match="corrupt"):
+        advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
+    assert_valid_probs(advisor.action_probs(texts), 1)
+    assert advisor.stats["misses"] == 1  # the cache was rebuilt empty
+    advisor.close()
+    reopened = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
+    reopened.action_probs(texts)
+    assert reopened.stats["disk_hits"] == 1  # and works again
+    reopened.close()
+
+
+def test_generate_mode_and_garbage_reply_fallback(gotolocal_texts):
+    generator = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=None, mode="generate", actions=[0, 1, 2])
+    probs = generator.action_probs(gotolocal_texts[:2])
+    assert_valid_probs(probs, 2)
+    assert generator.stats["misses"] == 2 and generator.stats["tokens_evaluated"] > 0
+
+    fallbacks = generator.stats["fallbacks"]
+    garbage = generator.probs_from_reply("xyzzy 42 <|im_end|>")
+    assert generator.stats["fallbacks"] == fallbacks + 1
+    np.testing.assert_allclose(garbage[:3], 1 / 3, atol=1e-3)
+    named = generator.probs_from_reply("I would go forward.")
+    assert named.argmax() == FORWARD and generator.stats["fallbacks"] == fallbacks + 1
+    generator.probs_from_reply("pick it up")  # a real action, but not allowed in this env
+    assert generator.stats["fallbacks"] == fallbacks + 2
+    generator.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the expert wrapper
+# ----------------------------------------------------------------------------------------------------
+def test_following_the_expert_solves_gotolocal():
+    env = prompts.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0"))
+    successes = 0
+    for seed in range(10):
+        obs, info = env.reset(seed=seed)
+        for _ in range(env.unwrapped.max_steps):
+            assert 0 <= info["expert_action"] < 7
+            obs, reward, terminated, truncated, info = env.step(info["expert_action"])
+            if terminated or truncated:
+                successes += int(reward > 0)
+                assert info["expert_action"] == -1
+                break
+    assert successes >= 8
+
+
+def test_expert_wrapper_in_a_vector_env_and_elsewhere():
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: prompts.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0")) for _ in range(2)])
+    obs, infos = envs.reset(seed=0)
+    expert_actions = prompts.expert_actions_from_infos(infos, 2)
+    assert expert_actions.shape == (2,) and np.all((0 <= expert_actions) & (expert_actions < 7))
+    for _ in range(5):
+        obs, _, _, _, infos = envs.step(np.random.default_rng(0).integers(0, 3, size=2))
+        assert np.all(prompts.expert_actions_from_infos(infos, 2) >= -1)
+    assert len(prompts.observation_texts(obs)) == 2
+    envs.close()
+
+    with pytest.warns(UserWarning, match="not a BabyAI level"):
+        env = prompts.BabyAIBotWrapper(gym.make("MiniGrid-DoorKey-5x5-v0"))
+    _, info = env.reset(seed=0)
+    assert info["expert_action"] == -1
