@@ -45,6 +45,8 @@ class Args:
     """train the agent loaded from --checkpoint (weights and optimizer state) for --total-timesteps more frames"""
     eval_episodes: int = 0
     """episodes to evaluate the agent at the end (its own policy, sampled); 0 skips evaluation"""
+    eval_every: int = 0
+    """also evaluate every this many updates during training (needs --eval-episodes; 0: only at the end)"""
     eval_argmax: bool = False
     """evaluate with the most probable action instead of sampling"""
     capture_video: bool = False
@@ -289,6 +291,8 @@ def check_args(args):
         fail("--checkpoint given: add --eval-episodes N to evaluate it, or --fine-tune to train it further")
     if args.fine_tune and args.checkpoint is None:
         fail("--fine-tune needs --checkpoint PATH")
+    if args.eval_every < 0 or (args.eval_every > 0 and args.eval_episodes == 0):
+        fail("--eval-every N needs --eval-episodes M (and N must be 0 or more)")
     if args.capture_video and args.eval_episodes == 0:
         fail("--capture-video records evaluation episodes: add --eval-episodes N")
     try:
@@ -325,7 +329,7 @@ if __name__ == "__main__":
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
 
     agent = Agent(envs.single_action_space.n).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
     if args.checkpoint is not None:
         checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=True)
         agent.load_state_dict(checkpoint["model"])
@@ -475,6 +479,11 @@ if __name__ == "__main__":
             writer.add_scalar("charts/SPS", sps, global_step)
             if recent_returns:
                 writer.add_scalar("charts/rolling_return", np.mean(recent_returns), global_step)
+            if args.eval_every > 0 and iteration % args.eval_every == 0 and iteration < args.num_iterations:
+                eval_seed = args.seed + 10_000 + iteration  # fresh levels each time, still reproducible
+                mean_return, success_rate, _ = evaluate(agent, args.env_id, args.eval_episodes, args.num_envs, eval_seed, device)
+                writer.add_scalar("eval/episodic_return", mean_return, global_step)
+                writer.add_scalar("eval/success_rate", success_rate, global_step)
             if iteration % args.log_every == 0 or iteration == args.num_iterations:
                 rolling = f"{np.mean(recent_returns):.3f}" if recent_returns else "n/a"
                 length = f"{np.mean(recent_lengths):.1f}" if recent_lengths else "n/a"

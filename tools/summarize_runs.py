@@ -1,0 +1,61 @@
+"""One Markdown row per training run, read from its TensorBoard events.
+
+    python tools/summarize_runs.py runs                      # every run under runs/
+    python tools/summarize_runs.py runs --tag eval/episodic_return --threshold 0.9
+
+Columns: the frame at which `--tag` first reached `--threshold` ("-" if never), its last value, the final
+evaluation of the agent alone (eval/episodic_return and eval/success_rate, if the run evaluated), and the last FPS.
+"""
+
+import glob
+import os
+from dataclasses import dataclass
+
+import tyro
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+@dataclass
+class Args:
+    run_dirs: tyro.conf.Positional[tuple[str, ...]] = ("runs",)
+    """folders holding run folders (each with TensorBoard event files), or run folders themselves"""
+    tag: str = "charts/rolling_return"
+    """scalar to test against the threshold (charts/rolling_return: mean return of the last 100 episodes)"""
+    threshold: float = 0.9
+    """report the first frame at which the tag reached this value"""
+
+
+def read_scalars(run_path):
+    events = EventAccumulator(run_path, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def first_reach(points, threshold):
+    return next((step for step, value in points if value >= threshold), None)
+
+
+def run_paths(run_dirs):
+    paths = []
+    for run_dir in run_dirs:
+        if glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+            paths.append(run_dir)
+        else:
+            paths += sorted(path for path in glob.glob(os.path.join(run_dir, "*")) if os.path.isdir(path))
+    return paths
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    print(f"| run | frames to {args.tag} >= {args.threshold} | last {args.tag} | eval return | eval success | FPS |")
+    print("|---|---|---|---|---|---|")
+    for path in run_paths(args.run_dirs):
+        scalars = read_scalars(path)
+        points = scalars.get(args.tag, [])
+        reached = first_reach(points, args.threshold)
+        last = f"{points[-1][1]:.3f}" if points else "-"
+        eval_return = f"{scalars['eval/episodic_return'][-1][1]:.3f}" if "eval/episodic_return" in scalars else "-"
+        eval_success = f"{scalars['eval/success_rate'][-1][1]:.2f}" if "eval/success_rate" in scalars else "-"
+        fps = int(scalars["charts/SPS"][-1][1]) if "charts/SPS" in scalars else "-"
+        print(f"| {os.path.basename(path)} | {reached if reached is not None else '-'} | {last} | {eval_return} | "
+              f"{eval_success} | {fps} |")
