@@ -270,7 +270,10 @@ class Agent(nn.Module):
         probs = Categorical(logits=logits, validate_args=False)  # the checks cost more than this tiny net
         if action is None:
             action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden), actor_logits
+        # The entropy bonus is the actor's own: a bonus on the mixed policy's entropy would pay the actor for cancelling
+        # a confident adviser, and a bad adviser would then leave a distorted actor behind when its weight reaches 0.
+        actor_entropy = Categorical(logits=actor_logits, validate_args=False).entropy()
+        return action, probs.log_prob(action), actor_entropy, self.critic(hidden), actor_logits
 
 
 def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, video_dir=None, advisor=None):
@@ -632,6 +635,14 @@ if __name__ == "__main__":
         interrupted = True
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
 
+    if train:
+        stats = advisor.stats
+        print(
+            f"LLM adviser '{args.advisor}': {stats['queries']} queries, {stats['misses']} uncached "
+            f"(cache hit rate {1 - stats['misses'] / max(stats['queries'], 1):.3f}), "
+            f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks",
+            flush=True,
+        )
     if train and (args.save_model or interrupted):
         save_checkpoint(os.path.join(run_path, "agent.pt"), agent, optimizer, args, global_step)
     if args.llm_only:

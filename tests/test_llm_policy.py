@@ -78,3 +78,24 @@ def test_bad_llm_input_gives_one_clear_line(flags, message, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_the_entropy_bonus_is_the_actors_own_not_the_mixed_policys():
+    """A bonus on the mixed policy's entropy pays the actor to cancel a confident adviser (a bad adviser then leaves a
+    distorted actor behind); the bonus must be the actor's own entropy, whatever the adviser says."""
+    import numpy as np
+    import torch
+    from torch.distributions.categorical import Categorical
+
+    sys.path.insert(0, ROOT)
+    import ppo_llm_policy as policy
+
+    torch.manual_seed(0)
+    agent = policy.Agent(7)
+    env = policy.make_env("MiniGrid-DoorKey-5x5-v0")()
+    obs = torch.as_tensor(np.stack([env.reset(seed=seed)[0] for seed in range(4)]))
+    confident_prior = torch.log(torch.tensor([[0.994] + [0.001] * 6] * 4))
+    _, logprob, entropy, _, actor_logits = agent.get_action_and_value(obs, confident_prior, 1.0)
+    mixed = Categorical(logits=actor_logits + confident_prior)
+    assert torch.allclose(entropy, Categorical(logits=actor_logits).entropy())
+    assert (entropy > mixed.entropy() + 1.0).all()  # near-uniform actor vs a near-deterministic mixture

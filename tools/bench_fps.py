@@ -1,7 +1,10 @@
 """Training speed as a fraction of the raw environment speed, measured in one process.
 
     python tools/bench_fps.py                      # ppo_baseline.py on MiniGrid-DoorKey-5x5-v0, 16 envs
-    python tools/bench_fps.py --scripts ppo_baseline.py ppo_llm_policy.py --script-args "--advisor uniform"
+    python tools/bench_fps.py --scripts ppo_baseline.py ppo_llm_policy.py ppo_llm_policy.py --script-args="--llm-cache-dir /tmp/c"
+
+(the second policy run finds the first one's answers in the shared cache: cold-cache FPS, then warm-cache FPS).
+Flags for the scripts go in one --script-args=... (with "=", since they start with "--").
 
 Raw speed: one bare env (gym.make, no wrappers) stepped with random actions on one core, measured before and after
 the training runs (their mean is the reference, so drift on a busy machine shows up as a spread). Training FPS: each
@@ -62,6 +65,8 @@ def training_fps(script, flags):
     captured = io.StringIO()
     saved_argv = sys.argv
     sys.argv = [path] + flags
+    if root not in sys.path:  # the scripts import prompts.py from the repository root
+        sys.path.insert(0, root)
     try:
         with contextlib.redirect_stdout(captured):
             runpy.run_path(path, run_name="__main__")
@@ -83,15 +88,14 @@ if __name__ == "__main__":
             flags = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps)]
             flags += ["--num-envs", str(args.num_envs), "--run-dir", run_dir, "--log-every", "1000000"]
             flags += shlex.split(args.script_args) if i > 0 else []
-            fps, _ = training_fps(script, flags)
+            fps, output = training_fps(script, flags)
             results.append((script, fps))
-            print(f"{script}: {fps} training FPS", flush=True)
+            adviser_lines = [line for line in output.splitlines() if line.startswith("LLM adviser")]
+            print(f"{script}: {fps} training FPS", *adviser_lines, sep="\n    ", flush=True)
     raw_after = raw_env_steps_per_second(args.env_id, args.raw_steps)
     raw = np.mean([raw_before, raw_after])
     print(f"raw env again: {raw_after:.0f} steps/s (reference: mean {raw:.0f})\n")
-    print("| script | training FPS | FPS / raw env steps/s |")
-    print("|---|---|---|")
-    for script, fps in results:
-        print(f"| {script} | {fps} | {fps / raw:.0%} |")
-    if len(results) > 1:
-        print(f"\n{results[1][0]} runs at {results[1][1] / results[0][1]:.0%} of {results[0][0]}'s FPS")
+    print(f"| run | script | training FPS | FPS / raw env steps/s | FPS / {results[0][0]}'s |")
+    print("|---|---|---|---|---|")
+    for run, (script, fps) in enumerate(results, 1):
+        print(f"| {run} | {script} | {fps} | {fps / raw:.0%} | {fps / results[0][1]:.0%} |")
