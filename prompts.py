@@ -11,12 +11,14 @@ from `BabyAIBotWrapper` (info["expert_action"], -1 = none). Read top to bottom:
   1. observation -> text      4. the LLM adviser (score / generate modes, caches, stats)
   2. actions as words         5. expert, uniform and random advisers, make_advisor()
   3. prompt formatting        6. BabyAIBotWrapper (expert action in info)
+  7. subgoals for ppo_llm_explore.py: candidates, achievement tracking, subgoal_probs() advisers
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -757,3 +759,387 @@ def expert_actions_from_infos(infos: dict, num_envs: int) -> np.ndarray:
         mask = np.asarray(infos.get("_expert_action", np.ones(num_envs, dtype=bool)), dtype=bool)
         expert_actions[mask] = np.asarray(infos["expert_action"])[mask]
     return expert_actions
+
+
+# -----------------------------------------------------------------------------------------------------
+# 7. Subgoals for an ELLM-style exploration bonus (ppo_llm_explore.py)
+# -----------------------------------------------------------------------------------------------------
+# candidate_subgoals(view)  -> the few subgoals achievable from what the agent sees and carries
+# SubgoalTracker            -> which of them the agent achieved, read from the env's STATE (not from text),
+#                              each at most once per episode; and, over a BabyAIBotWrapper, the bot's plan
+# make_subgoal_advisor(...) -> the advisers of section 5 plus subgoal_probs(obs_text, candidates, plan):
+#                              a distribution over the candidates (the LLM scores their numbers in one pass)
+# Nothing above this section changes: the subgoal advisers are subclasses that add one method.
+
+@dataclasses.dataclass(frozen=True)
+class Subgoal:
+    """A machine-checkable target: kind (pickup, drop, open, through, goto), object type and color."""
+
+    kind: str
+    object_type: str
+    color: str
+
+    @property
+    def text(self) -> str:
+        thing = f"{self.color} {self.object_type}"
+        return {"pickup": f"pick up the {thing}", "drop": f"drop the {thing}", "open": f"open the {thing}",
+                "through": f"go through the {thing}", "goto": f"go to the {thing}"}[self.kind]
+
+
+SUBGOAL_KINDS = ("pickup", "open", "drop", "through", "goto")  # also the tie-break order of candidates
+MAX_SUBGOALS = 6  # candidates offered at once: enough for a room, few enough for single-digit answers
+PORTABLE = ("key", "ball", "box")
+
+
+def candidate_subgoals(image: np.ndarray, direction: int, mission: str,
+                       actions: list[int] | None = None) -> list[Subgoal]:
+    """Subgoals achievable from this egocentric view, deterministic, at most MAX_SUBGOALS.
+
+    - goto: every visible key/ball/box/door/goal, except the object the agent already faces;
+    - pickup: every visible key/ball/box when the agent carries nothing (needs the pickup action);
+    - open: closed doors, and locked doors of the carried key's color (needs toggle);
+    - through: open doors;  drop: the carried object (needs drop).
+    `actions` (allowed_actions(env_id)) drops kinds the env cannot do. Selection: objects the mission
+    mentions first, then the nearest; the kept candidates are listed nearest first, then by kind, then text,
+    so the list order does not point at the mission's object. `direction` is unused (the view is egocentric).
+    """
+    image = np.asarray(image)
+    actions = ALL_ACTIONS if actions is None else list(actions)
+    can_pickup, can_drop, can_toggle = PICKUP in actions, DROP in actions, TOGGLE in actions
+    carried_type = IDX_TO_OBJECT.get(int(image[AGENT_X, AGENT_Y, 0]), "empty")
+    carried_color = IDX_TO_COLOR.get(int(image[AGENT_X, AGENT_Y, 1]), "")
+    carrying = carried_type in PORTABLE
+    found = {}  # subgoal -> (not mentioned by the mission, distance)
+    for x in range(image.shape[0]):
+        for y in range(image.shape[1]):
+            if (x, y) == (AGENT_X, AGENT_Y):
+                continue
+            object_type = IDX_TO_OBJECT.get(int(image[x, y, 0]), "unseen")
+            color = IDX_TO_COLOR.get(int(image[x, y, 1]), "")
+            state = IDX_TO_STATE.get(int(image[x, y, 2]), "")
+            if object_type not in PORTABLE + ("door", "goal"):
+                continue
+            subgoals = [] if (x, y) == (AGENT_X, AGENT_Y - 1) else [Subgoal("goto", object_type, color)]
+            if object_type in PORTABLE and can_pickup and not carrying:
+                subgoals.append(Subgoal("pickup", object_type, color))
+            if object_type == "door" and state == "open":
+                subgoals.append(Subgoal("through", "door", color))
+            if object_type == "door" and can_toggle and (
+                    state == "closed" or (state == "locked" and carried_type == "key" and carried_color == color)):
+                subgoals.append(Subgoal("open", "door", color))
+            key = (not mentioned_in(mission, object_type, color), abs(AGENT_Y - y) + abs(x - AGENT_X))
+            for subgoal in subgoals:
+                found[subgoal] = min(found.get(subgoal, key), key)
+    if carrying and can_drop:
+        found[Subgoal("drop", carried_type, carried_color)] = (not mentioned_in(mission, carried_type, carried_color), 0)
+    kept = sorted(found, key=lambda s: (found[s], SUBGOAL_KINDS.index(s.kind), s.text))[:MAX_SUBGOALS]
+    return sorted(kept, key=lambda s: (found[s][1], SUBGOAL_KINDS.index(s.kind), s.text))
+
+
+# --- achievements, from the env's state before and after a step ---
+def _cell(obj) -> tuple | None:
+    """(type, color, is_open, is_locked) of a grid object; None for an empty cell."""
+    if obj is None:
+        return None
+    return (obj.type, obj.color, bool(getattr(obj, "is_open", False)), bool(getattr(obj, "is_locked", False)))
+
+
+def env_snapshot(env: gym.Env) -> dict:
+    """What achievement detection needs: the carried object, the cell in front, the agent's own cell."""
+    unwrapped = env.unwrapped
+    front_pos, agent_pos = tuple(int(v) for v in unwrapped.front_pos), tuple(int(v) for v in unwrapped.agent_pos)
+    return {"carrying": _cell(unwrapped.carrying), "front_pos": front_pos, "front": _cell(unwrapped.grid.get(*front_pos)),
+            "agent_pos": agent_pos, "here": _cell(unwrapped.grid.get(*agent_pos))}
+
+
+def achieved_subgoals(before: dict, after: dict) -> list[Subgoal]:
+    """Subgoals achieved by one step, from env_snapshot() before and after it (pure).
+
+    pickup/drop: the carried object appeared/disappeared. open: the door in front (same cell) went from
+    closed or locked to open. through: the agent stepped onto an open door's cell. goto: the agent now faces a
+    key/ball/box/door it did not face before, or stands on a goal.
+    """
+    achieved = []
+    if before["carrying"] is None and after["carrying"] is not None:
+        achieved.append(Subgoal("pickup", *after["carrying"][:2]))
+    if before["carrying"] is not None and after["carrying"] is None:
+        achieved.append(Subgoal("drop", *before["carrying"][:2]))
+    front, was = after["front"], before["front"]
+    if (front and was and front[0] == was[0] == "door" and after["front_pos"] == before["front_pos"]
+            and front[2] and not was[2]):
+        achieved.append(Subgoal("open", "door", front[1]))
+    here = after["here"]
+    if here and here[0] == "door" and here[2] and after["agent_pos"] != before["agent_pos"]:
+        achieved.append(Subgoal("through", "door", here[1]))
+    if here and here[0] == "goal":
+        achieved.append(Subgoal("goto", "goal", here[1]))
+    newly_faced = (after["front_pos"], front and front[:2]) != (before["front_pos"], was and was[:2])
+    just_dropped = before["carrying"] is not None and after["carrying"] is None  # it lands in front: no goto
+    if front and front[0] in PORTABLE + ("door",) and newly_faced and not just_dropped:
+        achieved.append(Subgoal("goto", *front[:2]))
+    return achieved
+
+
+def bot_plan_subgoals(bot) -> list[Subgoal]:
+    """The BabyAI bot's plan as subgoals, next step first: its stack read from the top. GoNextTo(object)
+    -> goto it; Pickup/Open -> that object (the one the GoNextTo above leads to, else the one in front);
+    Drop -> what is carried (or was just picked up in the plan). Positions without objects (the bot's
+    "undo" moves) and exploration are skipped."""
+    from minigrid.envs.babyai.core.verifier import ObjDesc
+    from minigrid.utils.baby_ai_bot import DropSubgoal, GoNextToSubgoal, OpenSubgoal, PickupSubgoal
+
+    env = bot.mission
+    agent = np.asarray(env.agent_pos)
+    target, carried, plan = env.grid.get(*env.front_pos), env.carrying, []
+    for subgoal in reversed(bot.stack):
+        if isinstance(subgoal, GoNextToSubgoal):
+            datum = subgoal.datum
+            if isinstance(datum, ObjDesc):
+                objects = [obj for obj in datum.obj_set if obj.cur_pos is not None]
+                target = min(objects, key=lambda o: np.abs(np.asarray(o.cur_pos) - agent).sum(), default=None)
+            elif hasattr(datum, "type"):  # a WorldObj
+                target = datum
+            else:
+                target = env.grid.get(*datum)
+            if subgoal.reason == "PutNext" or target is None or target.type not in PORTABLE + ("door", "goal"):
+                target = None
+                continue
+            plan.append(Subgoal("goto", target.type, target.color))
+        elif isinstance(subgoal, PickupSubgoal) and target is not None and target.type in PORTABLE:
+            plan.append(Subgoal("pickup", target.type, target.color))
+            carried = target
+        elif isinstance(subgoal, OpenSubgoal) and target is not None and target.type == "door":
+            plan.append(Subgoal("open", "door", target.color))
+        elif isinstance(subgoal, DropSubgoal) and carried is not None:
+            plan.append(Subgoal("drop", carried.type, carried.color))
+    return list(dict.fromkeys(plan))
+
+
+class SubgoalTracker(gym.Wrapper):
+    """Newly achieved subgoals in info["subgoals_achieved"] ("\\n"-joined texts), each at most once per
+    episode (no farming: picking up and dropping a key ten times pays once). Over a BabyAIBotWrapper it also
+    puts the bot's plan in info["expert_plan"] ("\\n"-joined texts, next step first; "" when done).
+    Strings keep vector-env infos simple; read them with subgoals_from_infos / expert_plans_from_infos."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.achieved, self.before = set(), None
+
+    def _plan(self, done: bool = False) -> str:
+        bot = getattr(self.env, "bot", None) if isinstance(self.env, BabyAIBotWrapper) else None
+        if bot is None or done:
+            return ""
+        try:
+            return "\n".join(subgoal.text for subgoal in bot_plan_subgoals(bot))
+        except Exception:  # a plan we cannot read: no advice rather than a crash
+            return ""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.achieved, self.before = set(), env_snapshot(self.env)
+        info["subgoals_achieved"], info["expert_plan"] = "", self._plan()
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        after = env_snapshot(self.env)
+        new = [s.text for s in achieved_subgoals(self.before, after) if s.text not in self.achieved]
+        self.achieved.update(new)
+        self.before = after
+        info["subgoals_achieved"] = "\n".join(new)
+        info["expert_plan"] = self._plan(done=terminated or truncated)
+        return obs, reward, terminated, truncated, info
+
+
+def _strings_from_infos(infos: dict, key: str, num_envs: int, final: bool) -> list[list[str]]:
+    values = [[] for _ in range(num_envs)]
+    for source, use in ((infos, True), (infos.get("final_info", {}), final)):
+        if use and key in source:
+            mask = np.asarray(source.get("_" + key, np.ones(num_envs, dtype=bool)), dtype=bool)
+            for i in np.flatnonzero(mask):
+                values[i] = [text for text in str(source[key][i]).split("\n") if text]
+    return values
+
+
+def subgoals_from_infos(infos: dict, num_envs: int) -> list[list[str]]:
+    """Texts achieved this step, per env; an episode's last step is read from final_info (SAME_STEP autoreset)."""
+    return _strings_from_infos(infos, "subgoals_achieved", num_envs, final=True)
+
+
+def expert_plans_from_infos(infos: dict, num_envs: int) -> list[tuple[str, ...]]:
+    """The bot's plan for each env's current state (next step first); () where there is none."""
+    return [tuple(plan) for plan in _strings_from_infos(infos, "expert_plan", num_envs, final=False)]
+
+
+def bonus_weights(probs: np.ndarray, mode: str, top_k: int = 1) -> np.ndarray:
+    """Per-candidate bonus before the coefficient. prob: p(subgoal). topk: the probability that the subgoal is
+    among the top_k under a random tie-break (1 or 0 for a strict ranking; k/n for a uniform one)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if mode == "prob" or not probs.any():  # all zeros: the expert sees nothing of its plan, nothing pays
+        return probs
+    weights = np.empty(len(probs))
+    for i, p in enumerate(probs):
+        above, tied = np.sum(probs > p), np.sum(probs == p)
+        weights[i] = float(np.clip((top_k - above) / tied, 0.0, 1.0))
+    return weights
+
+
+# --- the subgoal advisers: the advisers of section 5, plus subgoal_probs() ---
+SUBGOAL_INSTRUCTIONS = ("Pick the subgoal that helps most to reach the goal, or to explore usefully. "
+                        "Answer with its number.\n\n")
+SUBGOAL_LEAD_IN = "Subgoal:"
+
+
+def subgoal_query(obs_text: str, candidate_texts: list[str]) -> str:
+    """The user message's variable part: 'Goal: ... You carry nothing.\\nSubgoals: 1 = ..., 2 = ....'"""
+    listing = ", ".join(f"{number} = {text}" for number, text in enumerate(candidate_texts, 1))
+    return f"{obs_text}\nSubgoals: {listing}."
+
+
+def check_candidates(candidate_texts) -> list[str]:
+    candidate_texts = [str(text) for text in candidate_texts]
+    if len(candidate_texts) > 9 or len(set(candidate_texts)) != len(candidate_texts):
+        raise ValueError(f"expected at most 9 distinct candidate subgoals, got {candidate_texts}")
+    return candidate_texts
+
+
+class LLMSubgoalAdvisor(LLMAdvisor):
+    """LLMAdvisor (action_probs unchanged) that also ranks candidate subgoals.
+
+    One forward pass over "instructions + observation + numbered candidates + 'Subgoal:'", reusing the KV
+    cache like _score; each candidate scores the log-likelihood of its number (the tokens the numbers share,
+    e.g. SmolLM2's ' ' before a digit, are part of the prompt, so the first distinct token decides; a
+    multi-token number would be scored token by token). Raw scores are cached by the query text in memory and
+    in the same disk cache under a 'subgoals-v1' key, so the temperature can change without invalidating them.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        metadata = self.llm.metadata
+        token_text = lambda token_id: self.llm.detokenize([token_id], special=True).decode("utf-8", "ignore")
+        bos_token = token_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else ""
+        rendered = render_chat(SYSTEM_PROMPT, SUBGOAL_INSTRUCTIONS + SENTINEL,
+                               chat_template=metadata.get("tokenizer.chat_template"), bos_token=bos_token,
+                               eos_token=token_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else "",
+                               model_name=metadata.get("general.name", "") + " " + os.path.basename(self.model_path))
+        self.subgoal_prefix, self.subgoal_suffix = rendered.split(SENTINEL)
+        if bos_token and self.subgoal_prefix.startswith(bos_token):
+            self.subgoal_prefix = self.subgoal_prefix[len(bos_token):]  # llama.cpp adds BOS itself
+        self.subgoal_lead_in = SUBGOAL_LEAD_IN if self.subgoal_suffix[-1:].isspace() else " " + SUBGOAL_LEAD_IN
+        lead_in_tokens = self.llm.tokenize(self.subgoal_lead_in.encode(), add_bos=False, special=False)
+        self.number_tokens = []  # tokens of " 1" .. " 9" after the lead-in
+        for number in range(1, 10):
+            tokens = self.llm.tokenize(f"{self.subgoal_lead_in} {number}".encode(), add_bos=False, special=False)
+            self.number_tokens.append(tokens[len(lead_in_tokens):] if tokens[:len(lead_in_tokens)] == lead_in_tokens
+                                      else self.llm.tokenize(f" {number}".encode(), add_bos=False, special=False))
+        self.shared_number_tokens = common_prefix(self.number_tokens[0], self.number_tokens[-1])
+        self.subgoal_key = "\n".join(["subgoals-v1", self.identity, self.subgoal_prefix, self.subgoal_suffix,
+                                      self.subgoal_lead_in])
+
+    def _score_numbers(self, query: str, n_candidates: int) -> list[float]:
+        text = self.subgoal_prefix + query + self.subgoal_suffix + self.subgoal_lead_in
+        prompt_tokens = self.llm.tokenize(text.encode(), add_bos=True, special=True) + self.shared_number_tokens
+        log_probs = self._eval_prompt(prompt_tokens)
+        shared = len(self.shared_number_tokens)
+        scores = [float(log_probs[self.number_tokens[i][shared]]) for i in range(n_candidates)]
+        for i in range(n_candidates):  # numbers longer than one distinct token (none for SmolLM2 or Llama-2)
+            tokens = self.number_tokens[i]
+            for position in range(shared + 1, len(tokens)):
+                self.llm.n_tokens = len(prompt_tokens) + position - shared - 1
+                scores[i] += float(self._continue([tokens[position - 1]])[tokens[position]])
+        self.full_prompt_tokens += len(prompt_tokens)
+        return scores
+
+    def raw_subgoal_scores(self, query: str, n_candidates: int) -> list[float]:
+        """Cached raw log-likelihoods of the candidates' numbers (memory, then disk, then the LLM)."""
+        memory_key = "subgoals\n" + query
+        if memory_key in self.memory_cache:
+            self.memory_cache.move_to_end(memory_key)
+            self.stats["memory_hits"] += 1
+            return self.memory_cache[memory_key]
+        disk_key = hashlib.sha256(f"{self.subgoal_key}\n{query}".encode()).hexdigest()
+        raw = self._disk_call("get", disk_key) if self.disk_cache is not None else None
+        if raw is not None:
+            self.stats["disk_hits"] += 1
+        else:
+            start = time.perf_counter()
+            raw = self._score_numbers(query, n_candidates)
+            self.uncached_seconds += time.perf_counter() - start
+            self.stats["misses"] += 1
+            if self.disk_cache is not None:
+                self._disk_call("set", disk_key, raw)
+        self.memory_cache[memory_key] = raw
+        if len(self.memory_cache) > self.memory_cache_size:
+            self.memory_cache.popitem(last=False)
+        return raw
+
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        """(n,) float32 distribution over the candidates (temperature-softmaxed number log-likelihoods).
+        No candidates: empty; one candidate: [1.0] without a query. `expert_plan` is ignored."""
+        candidate_texts = check_candidates(candidate_texts)
+        if len(candidate_texts) <= 1:
+            return np.ones(len(candidate_texts), dtype=np.float32)
+        raw = np.asarray(self.raw_subgoal_scores(subgoal_query(obs_text, candidate_texts), len(candidate_texts)))
+        self.stats["queries"] += 1
+        self.stats["hit_rate"] = (self.stats["memory_hits"] + self.stats["disk_hits"]) / self.stats["queries"]
+        self.stats["ms_per_uncached_query"] = 1000 * self.uncached_seconds / max(self.stats["misses"], 1)
+        if not np.all(np.isfinite(raw)):
+            self.stats["fallbacks"] += 1
+            return np.full(len(raw), 1.0 / len(raw), dtype=np.float32)
+        scores = raw / self.temperature
+        probs = np.exp(scores - scores.max())
+        return (probs / probs.sum()).astype(np.float32)
+
+
+class ExpertSubgoalAdvisor(ExpertAdvisor):
+    """All mass on the candidate that comes first in the BabyAI bot's plan (info["expert_plan"]: "go to the
+    yellow key" while the bot walks there, then "pick up the yellow key", ...), with `smoothing` spread
+    uniformly. When no candidate is on the plan it returns zeros (counted in stats["fallbacks"]): the upper
+    bound pays nothing for off-plan subgoals, even a lone one."""
+
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        candidate_texts = check_candidates(candidate_texts)
+        n = len(candidate_texts)
+        planned = [candidate_texts.index(text) for text in (expert_plan or ()) if text in candidate_texts]
+        self.stats["queries"] += int(n > 0)
+        if not planned:
+            self.stats["fallbacks"] += int(n > 0)
+            return np.zeros(n, dtype=np.float32)
+        return ((1 - self.smoothing) * np.eye(n)[planned[0]] + self.smoothing / n).astype(np.float32)
+
+
+class UniformSubgoalAdvisor(UniformAdvisor):
+    """Uniform over the candidates: the null control. Every achievable subgoal pays the same, so a run with it
+    measures the bonus for 'doing something with an object' without any knowledge of which thing is useful."""
+
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        candidate_texts = check_candidates(candidate_texts)
+        self.stats["queries"] += int(len(candidate_texts) > 1)  # like the LLM: one candidate needs no ranking
+        return np.full(len(candidate_texts), 1.0 / max(len(candidate_texts), 1), dtype=np.float32)
+
+
+class RandomSubgoalAdvisor(RandomAdvisor):
+    """A consistent but useless ranking: a random distribution per (observation, candidates), seeded by hash."""
+
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        candidate_texts = check_candidates(candidate_texts)
+        if len(candidate_texts) <= 1:
+            return np.ones(len(candidate_texts), dtype=np.float32)
+        self.stats["queries"] += 1
+        digest = hashlib.sha256(f"{self.seed}\n{subgoal_query(obs_text, candidate_texts)}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        return rng.dirichlet(np.ones(len(candidate_texts))).astype(np.float32)
+
+
+def make_subgoal_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smoothing: float = 0.0,
+                         **llm_kwargs):
+    """make_advisor()'s advisers (same arguments, same action_probs), each with subgoal_probs() added."""
+    if name == "llm":
+        return LLMSubgoalAdvisor(actions=actions, **llm_kwargs)
+    if name == "expert":
+        return ExpertSubgoalAdvisor(smoothing=smoothing, actions=actions)
+    if name == "uniform":
+        return UniformSubgoalAdvisor(actions=actions)
+    if name == "random":
+        return RandomSubgoalAdvisor(seed=seed, actions=actions)
+    raise ValueError(f"unknown adviser {name!r}: choose one of {', '.join(ADVISOR_NAMES)}")

@@ -1,0 +1,667 @@
+# PPO with an LLM exploration bonus (ELLM-style), CleanRL style: `diff ppo_baseline.py ppo_llm_explore.py` shows the
+# lines that pay the agent for subgoals an adviser finds useful. Candidates come from what the agent sees, the adviser
+# ranks them (one cached LLM pass), achievements are read from the env's state and paid once per episode:
+# bonus = coef_t * p(subgoal), coef_t annealed to 0. Run `python ppo_llm_explore.py --help` for every flag.
+import contextlib
+import difflib
+import io
+import os
+import random
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+import gymnasium as gym
+import minigrid  # noqa: F401  (registers the MiniGrid-* and BabyAI-* env ids)
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+import prompts
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (the first part of the run name)"""
+    seed: int = 1
+    """seed of the experiment: the same seed on CPU gives the same learning curve"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """train on CUDA if available (the networks are tiny: the CPU is usually as fast)"""
+    torch_threads: int = 1
+    """torch CPU threads; 1 is fastest for these small networks and avoids fighting the env workers"""
+    run_dir: str = "runs"
+    """TensorBoard logs and checkpoints go to <run-dir>/<run-name>/"""
+    save_model: bool = False
+    """save a checkpoint (weights, optimizer, args) to <run-dir>/<run-name>/agent.pt at the end (Ctrl-C always saves)"""
+    checkpoint: Optional[str] = None
+    """load the agent from this checkpoint; with --eval-episodes N and no --fine-tune it is only evaluated"""
+    fine_tune: bool = False
+    """train the agent loaded from --checkpoint (weights and optimizer state) for --total-timesteps more frames"""
+    eval_episodes: int = 0
+    """episodes to evaluate the agent at the end (the actor alone, extrinsic return, sampled); 0 skips evaluation"""
+    eval_every: int = 0
+    """also evaluate every this many updates during training (needs --eval-episodes; 0: only at the end)"""
+    eval_argmax: bool = False
+    """evaluate with the most probable action instead of sampling"""
+    capture_video: bool = False
+    """save GIFs of up to 3 evaluation episodes to videos/<run-name>/ (needs --eval-episodes > 0)"""
+    log_every: int = 5
+    """print a progress line every this many updates"""
+
+    # Algorithm specific arguments
+    env_id: str = "MiniGrid-DoorKey-5x5-v0"
+    """the id of the environment: any MiniGrid-* or BabyAI-* id"""
+    total_timesteps: int = 80_000
+    """total frames (environment steps over all envs) to train for"""
+    learning_rate: float = 2e-3
+    """the learning rate of the optimizer"""
+    num_envs: int = 16
+    """the number of parallel environments"""
+    async_envs: bool = False
+    """step the envs in worker processes (gym AsyncVectorEnv) instead of in this process"""
+    num_steps: int = 32
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """toggle learning rate annealing (linear to 0)"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """toggles advantages normalization"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """toggles whether or not to use a clipped loss for the value function, as per the paper"""
+    ent_coef: float = 0.005
+    """coefficient of the entropy bonus"""
+    vf_coef: float = 0.5
+    """coefficient of the value function loss"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """stop the update epochs early when the approximate KL exceeds this (None: never)"""
+
+    # LLM exploration bonus arguments
+    advisor: str = "llm"
+    """who ranks the subgoals: llm (the GGUF model), expert (BabyAI bot's plan, BabyAI levels only), uniform, random"""
+    bonus_mode: str = "prob"
+    """prob: a subgoal achieved pays coef * p(subgoal); topk: coef if in the top --bonus-top-k; action: coef per adviser's top action taken"""
+    bonus_coef: float = 0.1
+    """bonus scale at the start of training (action mode pays it every matching step: use ~0.01 there)"""
+    bonus_top_k: int = 1
+    """--bonus-mode topk: how many of the adviser's best-ranked subgoals pay"""
+    bonus_anneal_frac: float = 0.5
+    """fraction of training over which the bonus coefficient falls linearly to 0 (then the LLM is not asked)"""
+    llm_model_path: Optional[str] = None
+    """GGUF model file (e.g. llama-2-7b-chat.Q4_K_M.gguf); default: the embedded SmolLM2-135M-Instruct"""
+    llm_n_gpu_layers: int = 0
+    """layers to offload to the GPU (-1: all; needs a CUDA/Metal build of llama-cpp-python)"""
+    llm_n_threads: Optional[int] = None
+    """llama.cpp threads (default: all cores; torch and the envs wait while the LLM runs)"""
+    llm_n_ctx: int = 512
+    """llama.cpp context size in tokens"""
+    llm_temperature: float = 1.0
+    """softens (>1) or sharpens (<1) the LLM's distribution over subgoals (and actions)"""
+    llm_cache_dir: str = prompts.DEFAULT_CACHE_DIR
+    """persistent cache of LLM answers ("none" disables it): a second run on the same states is nearly free"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+# The agent sees a flat uint8 vector: the 7x7x3 symbolic view (object, color, state per cell), its direction,
+# and the mission as word ids. One flat Box keeps vector envs, shared memory and the rollout buffer simple.
+VIEW_CELLS = 7 * 7 * 3
+MAX_MISSION_WORDS = 40  # the longest mission of any registered MiniGrid/BabyAI env has 37 words
+OBS_SIZE = VIEW_CELLS + 1 + MAX_MISSION_WORDS
+# Every word of every MiniGrid/BabyAI mission grammar (collected from all registered envs). A fixed vocabulary
+# keeps word ids the same across envs, so a checkpoint can be evaluated on another env id (transfer).
+MISSION_WORDS = (
+    "a after and at avoid ball behind blue box door end fetch find from front get go goal green grey hallway in "
+    "key lava left matching must near next object of on open opening pick purple put reach red right room rooms "
+    "square the then to traverse unlock up use yellow you your"
+).split()
+PAD_ID, UNKNOWN_ID = 0, 1
+WORD_TO_ID = {word: i + 2 for i, word in enumerate(MISSION_WORDS)}
+
+
+def encode_mission(mission: str) -> np.ndarray:
+    ids = [WORD_TO_ID.get(word, UNKNOWN_ID) for word in re.findall(r"[a-z]+", mission.lower())]
+    encoded = np.full(MAX_MISSION_WORDS, PAD_ID, dtype=np.uint8)
+    encoded[: len(ids)] = ids[:MAX_MISSION_WORDS]
+    return encoded
+
+
+def flatten_observation(obs: dict, mission_cache: dict) -> np.ndarray:
+    mission = obs["mission"]
+    if mission not in mission_cache:  # missions repeat a lot; tokenize each one once
+        mission_cache[mission] = encode_mission(mission)
+    return np.concatenate([obs["image"].reshape(-1), [obs["direction"]], mission_cache[mission]]).astype(np.uint8)
+
+
+class FlatObservation(gym.ObservationWrapper):
+    """Dict observation (image, direction, mission) -> one uint8 vector; silences BabyAI's level-generation prints."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(0, 255, (OBS_SIZE,), np.uint8)
+        self.mission_cache = {}
+
+    def reset(self, **kwargs):
+        with contextlib.redirect_stdout(io.StringIO()):  # BabyAI prints "Sampling rejected: ..." while generating
+            return super().reset(**kwargs)
+
+    def observation(self, obs):
+        return flatten_observation(obs, self.mission_cache)
+
+
+def decode_mission(word_ids):
+    return " ".join(MISSION_WORDS[i - 2] if i > UNKNOWN_ID else "?" for i in word_ids if i != PAD_ID)
+
+
+def observation_texts(obs, text_cache):
+    """Flat observations -> the text the LLM reads (cached by the observation's bytes: states repeat a lot)."""
+    texts = []
+    for row in np.asarray(obs):
+        key = row.tobytes()
+        if key not in text_cache:
+            image, direction = row[:VIEW_CELLS].reshape(7, 7, 3), int(row[VIEW_CELLS])
+            text_cache[key] = prompts.describe_observation(image, direction, decode_mission(row[VIEW_CELLS + 1 :]))
+        texts.append(text_cache[key])
+    return texts
+
+
+def candidate_texts(obs, candidate_cache, actions):
+    """Flat observations -> the texts of the subgoals achievable from each (cached by the observation's bytes)."""
+    candidates = []
+    for row in np.asarray(obs):
+        key = row.tobytes()
+        if key not in candidate_cache:
+            image, direction = row[:VIEW_CELLS].reshape(7, 7, 3), int(row[VIEW_CELLS])
+            subgoals = prompts.candidate_subgoals(image, direction, decode_mission(row[VIEW_CELLS + 1 :]), actions)
+            candidate_cache[key] = tuple(subgoal.text for subgoal in subgoals)
+        candidates.append(candidate_cache[key])
+    return candidates
+
+
+def make_env(env_id, render=False, expert=False, track=False):
+    def thunk():
+        env = gym.make(env_id, render_mode="rgb_array" if render else None)
+        if expert:  # the BabyAI bot's next action goes into info["expert_action"]
+            env = prompts.BabyAIBotWrapper(env)
+        if track:  # achieved subgoals (and the bot's plan) go into info["subgoals_achieved"] (and info["expert_plan"])
+            env = prompts.SubgoalTracker(env)
+        return FlatObservation(env)
+
+    return thunk
+
+
+def make_vector_env(env_id, num_envs, asynchronous=False, render=False, expert=False, track=False):
+    # SAME_STEP autoreset: a finished env is reset inside the step that ended it, so the next observation is
+    # already the new episode's and CleanRL's done-masking in GAE stays exact.
+    vector_env_class = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    envs = vector_env_class(
+        [make_env(env_id, render, expert, track) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    def __init__(self, n_actions):
+        super().__init__()
+        # Cell values are categories (object 5 is not "more" than object 4). A multi-hot vector per cell (one slot per
+        # object, color and state) times a linear layer is the sum of three embeddings, with a much cheaper backward
+        # pass on CPU than nn.Embedding's.
+        self.cell_encoder = nn.Linear(3 * 16, 8, bias=False)
+        self.register_buffer("channel_offsets", torch.tensor([0, 16, 32]))
+        self.image_conv = nn.Sequential(
+            layer_init(nn.Conv2d(8, 16, 2)),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            layer_init(nn.Conv2d(16, 32, 2)),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        # The mission as a bag of words: the levels benchmarked here are told apart by which words appear ("go to the
+        # red ball"). Order-sensitive missions ("put A next to B") would need a GRU, at several times the cost.
+        self.mission_encoder = nn.Sequential(layer_init(nn.Linear(len(MISSION_WORDS) + 2, 32)), nn.ReLU())
+        features = 32 * 2 * 2 + 4 + 32
+        self.critic = nn.Sequential(layer_init(nn.Linear(features, 64)), nn.Tanh(), layer_init(nn.Linear(64, 1), std=1.0))
+        self.actor = nn.Sequential(
+            layer_init(nn.Linear(features, 64)), nn.Tanh(), layer_init(nn.Linear(64, n_actions), std=0.01)
+        )
+
+    def features(self, obs):
+        batch = len(obs)
+        cells = obs[:, :VIEW_CELLS].view(batch, 49, 3).long() + self.channel_offsets
+        multi_hot = torch.zeros(batch, 49, 3 * 16, device=obs.device).scatter_(2, cells, 1.0)
+        image = self.cell_encoder(multi_hot).view(batch, 7, 7, -1).permute(0, 3, 1, 2)
+        direction = torch.zeros(batch, 4, device=obs.device).scatter_(1, obs[:, VIEW_CELLS : VIEW_CELLS + 1].long(), 1.0)
+        words = torch.zeros(batch, len(MISSION_WORDS) + 2, device=obs.device).scatter_(1, obs[:, VIEW_CELLS + 1 :].long(), 1.0)
+        words[:, PAD_ID] = 0.0
+        return torch.cat([self.image_conv(image), direction, self.mission_encoder(words)], dim=1)
+
+    def get_value(self, x):
+        return self.critic(self.features(x))
+
+    def get_action_and_value(self, x, action=None):
+        hidden = self.features(x)
+        logits = self.actor(hidden)
+        probs = Categorical(logits=logits, validate_args=False)  # the checks cost more than this tiny net
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+
+
+def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, video_dir=None):
+    """Run the agent alone (no LLM, no bonus) for exactly `episodes` episodes; returns (mean return, success rate, mean length)."""
+    num_envs = min(num_envs, episodes)
+    envs = make_vector_env(env_id, num_envs, render=video_dir is not None)
+    # Each env plays a fixed quota, so slow (failing) episodes are not cut off in favour of quick successes.
+    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+    returns, lengths, gif_frames, gifs_saved = [], [], [], 0
+    obs, _ = envs.reset(seed=seed)
+    while quota.sum() > 0:
+        if video_dir is not None and gifs_saved < 3:
+            gif_frames.append(envs.unwrapped.envs[0].render())
+        with torch.no_grad():
+            logits = agent.actor(agent.features(torch.as_tensor(obs, device=device)))
+            action = logits.argmax(1) if argmax else Categorical(logits=logits, validate_args=False).sample()
+        obs, _, _, _, infos = envs.step(action.cpu().numpy())
+        for i in np.flatnonzero(infos.get("_episode", [])):
+            if i == 0 and video_dir is not None and gifs_saved < 3:
+                save_gif(gif_frames, os.path.join(video_dir, f"episode_{gifs_saved}.gif"))
+                gif_frames, gifs_saved = [], gifs_saved + 1
+            if quota[i] > 0:
+                quota[i] -= 1
+                returns.append(float(infos["episode"]["r"][i]))
+                lengths.append(int(infos["episode"]["l"][i]))
+    envs.close()
+    returns = np.array(returns)
+    return returns.mean(), (returns > 0).mean(), np.mean(lengths)
+
+
+def save_gif(frames, path):
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=150, loop=0)
+
+
+def save_checkpoint(path, agent, optimizer, args, global_step):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    checkpoint = {"model": agent.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args)}
+    torch.save(checkpoint | {"global_step": global_step}, path)
+    print(f"saved checkpoint {path}")
+
+
+def check_args(args):
+    """Bad input gets one clear line on stderr and exit code 2, before any work starts."""
+
+    def fail(message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    known_ids = [env_id for env_id in gym.registry if env_id.startswith(("MiniGrid-", "BabyAI-"))]
+    if args.env_id not in known_ids:
+        close = difflib.get_close_matches(args.env_id, known_ids, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "MiniGrid-DoorKey-5x5-v0 or BabyAI-GoToLocal-v0 are examples."
+        fail(f"unknown --env-id '{args.env_id}': use a MiniGrid-* or BabyAI-* id; {hint}")
+    for name in ["num_envs", "num_steps", "num_minibatches", "update_epochs", "log_every", "torch_threads"]:
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ["total_timesteps", "eval_episodes"]:
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.learning_rate <= 0 or args.clip_coef <= 0 or args.max_grad_norm <= 0:
+        fail("--learning-rate, --clip-coef and --max-grad-norm must be positive")
+    if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
+        fail(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {args.gamma} and {args.gae_lambda}")
+    if (args.num_envs * args.num_steps) % args.num_minibatches:
+        fail(f"--num-envs x --num-steps ({args.num_envs * args.num_steps}) must divide by --num-minibatches")
+    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+        fail(f"--checkpoint {args.checkpoint} does not exist (checkpoints are written with --save-model)")
+    if args.checkpoint is not None and not args.fine_tune and args.eval_episodes == 0:
+        fail("--checkpoint given: add --eval-episodes N to evaluate it, or --fine-tune to train it further")
+    if args.fine_tune and args.checkpoint is None:
+        fail("--fine-tune needs --checkpoint PATH")
+    if args.eval_every < 0 or (args.eval_every > 0 and args.eval_episodes == 0):
+        fail("--eval-every N needs --eval-episodes M (and N must be 0 or more)")
+    if args.capture_video and args.eval_episodes == 0:
+        fail("--capture-video records evaluation episodes: add --eval-episodes N")
+    if args.advisor not in prompts.ADVISOR_NAMES:
+        fail(f"unknown --advisor '{args.advisor}': choose one of {', '.join(prompts.ADVISOR_NAMES)}")
+    if args.advisor == "expert" and not args.env_id.startswith("BabyAI-"):
+        fail(f"--advisor expert needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})")
+    if args.bonus_mode not in ("prob", "topk", "action"):
+        fail(f"--bonus-mode must be prob, topk or action, got '{args.bonus_mode}'")
+    if args.bonus_coef < 0 or not 0 < args.bonus_anneal_frac <= 1 or args.bonus_top_k < 1:
+        fail("--bonus-coef must be 0 or more, --bonus-anneal-frac in (0, 1] and --bonus-top-k at least 1")
+    if args.llm_temperature <= 0 or (args.llm_n_threads is not None and args.llm_n_threads < 1):
+        fail("--llm-temperature must be positive and --llm-n-threads at least 1")
+    if args.advisor == "llm":
+        try:
+            prompts.resolve_model_path(args.llm_model_path)
+        except (FileNotFoundError, ValueError) as error:
+            fail(str(error))
+    try:
+        make_env(args.env_id)().close()
+    except Exception as error:  # e.g. an env that needs an optional dependency
+        fail(f"cannot create {args.env_id}: {str(error).splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    train = args.checkpoint is None or args.fine_tune
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size if train else 0
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_path = os.path.join(args.run_dir, run_name)
+    writer = SummaryWriter(run_path)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup
+    expert = args.advisor == "expert"
+    envs = make_vector_env(args.env_id, args.num_envs, asynchronous=args.async_envs, expert=expert, track=True)
+    assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
+    advisor = prompts.make_subgoal_advisor(
+        args.advisor,
+        actions=prompts.allowed_actions(args.env_id),
+        seed=args.seed,
+        model_path=args.llm_model_path,
+        n_gpu_layers=args.llm_n_gpu_layers,
+        n_threads=args.llm_n_threads,
+        n_ctx=args.llm_n_ctx,
+        temperature=args.llm_temperature,
+        cache_dir=args.llm_cache_dir,
+    )
+
+    agent = Agent(envs.single_action_space.n).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
+    if args.checkpoint is not None:
+        checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=True)
+        agent.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        print(f"loaded {args.checkpoint} (trained on {checkpoint['args']['env_id']}, {checkpoint['global_step']} frames)")
+
+    # ALGO Logic: Storage setup
+    obs = torch.zeros((args.num_steps, args.num_envs, OBS_SIZE), dtype=torch.uint8).to(device)
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long).to(device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+
+    # TRY NOT TO MODIFY: start the game
+    global_step = 0
+    start_time = time.time()
+    recent_returns, recent_lengths = deque(maxlen=100), deque(maxlen=100)
+    next_obs, infos = envs.reset(seed=args.seed)
+    next_obs = torch.as_tensor(next_obs).to(device)
+    # Per env and episode: what achieving each subgoal ranked so far pays, and the bot's plan last ranked for.
+    text_cache, candidate_cache, actions_allowed = {}, {}, prompts.allowed_actions(args.env_id)
+    bonus_of, ranked_plans = [{} for _ in range(args.num_envs)], [None] * args.num_envs
+    episode_bonus, episode_subgoals = np.zeros(args.num_envs), np.zeros(args.num_envs)
+    bonus_per_episode, subgoals_per_episode = [], []
+    next_done = torch.zeros(args.num_envs).to(device)
+    interrupted = False
+
+    try:
+        for iteration in range(1, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            bonus_frac = max(0.0, 1.0 - (iteration - 1.0) / (args.bonus_anneal_frac * args.num_iterations))
+            bonus_coef = args.bonus_coef * bonus_frac
+            llm_seconds, queries_before, misses_before = 0.0, advisor.stats["queries"], advisor.stats["misses"]
+
+            for step in range(0, args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
+                dones[step] = next_done
+
+                # LLM LOGIC: rank this state's candidate subgoals. The adviser is asked only when a candidate appears that
+                # was not ranked yet in this episode (or the bot's plan changed), so queries are few per episode.
+                advice = np.full((args.num_envs, envs.single_action_space.n), 1.0 / envs.single_action_space.n)
+                if bonus_coef > 0:
+                    llm_start = time.perf_counter()
+                    texts = observation_texts(next_obs.cpu().numpy(), text_cache)
+                    if args.bonus_mode == "action":
+                        advice = advisor.action_probs(texts, prompts.expert_actions_from_infos(infos, args.num_envs))
+                    else:
+                        candidates = candidate_texts(next_obs.cpu().numpy(), candidate_cache, actions_allowed)
+                        plans = prompts.expert_plans_from_infos(infos, args.num_envs)
+                        for i in range(args.num_envs):
+                            if not set(candidates[i]) <= bonus_of[i].keys() or plans[i] != ranked_plans[i]:
+                                ranked_plans[i] = plans[i]
+                                probs = advisor.subgoal_probs(texts[i], candidates[i], plans[i])
+                                weights = prompts.bonus_weights(probs, args.bonus_mode, args.bonus_top_k)
+                                bonus_of[i].update(zip(candidates[i], weights))
+                    llm_seconds += time.perf_counter() - llm_start
+
+                # ALGO LOGIC: action logic
+                with torch.no_grad():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                    values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
+
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+                next_done = np.logical_or(terminations, truncations)
+                # LLM LOGIC: the intrinsic reward. Achievements come from the env's state, once per subgoal per episode.
+                achieved = prompts.subgoals_from_infos(infos, args.num_envs)
+                if args.bonus_mode == "action":  # the adviser's unique top action was taken (uniform: never)
+                    unique_top = (advice == advice.max(1, keepdims=True)).sum(1) == 1
+                    bonus = bonus_coef * (unique_top & (advice.argmax(1) == action.cpu().numpy()))
+                else:
+                    bonus = bonus_coef * np.array([sum(bonus_of[i].get(t, 0.0) for t in achieved[i]) for i in range(args.num_envs)])
+                episode_bonus += bonus
+                episode_subgoals += [len(texts_achieved) for texts_achieved in achieved]
+                for i in np.flatnonzero(next_done):
+                    bonus_per_episode.append(episode_bonus[i])
+                    subgoals_per_episode.append(episode_subgoals[i])
+                    episode_bonus[i], episode_subgoals[i], bonus_of[i], ranked_plans[i] = 0.0, 0.0, {}, None
+                rewards[step] = torch.as_tensor(reward + bonus, dtype=torch.float32).to(device)
+                next_obs, next_done = torch.as_tensor(next_obs).to(device), torch.as_tensor(next_done, dtype=torch.float32).to(device)
+
+                for i in np.flatnonzero(infos.get("_episode", [])):
+                    recent_returns.append(float(infos["episode"]["r"][i]))
+                    recent_lengths.append(int(infos["episode"]["l"][i]))
+                    writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
+                    writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
+
+            # bootstrap value if not done
+            with torch.no_grad():
+                next_value = agent.get_value(next_obs).reshape(1, -1)
+                advantages = torch.zeros_like(rewards).to(device)
+                lastgaelam = 0
+                for t in reversed(range(args.num_steps)):
+                    if t == args.num_steps - 1:
+                        nextnonterminal = 1.0 - next_done
+                        nextvalues = next_value
+                    else:
+                        nextnonterminal = 1.0 - dones[t + 1]
+                        nextvalues = values[t + 1]
+                    delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                    advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                returns = advantages + values
+
+            # flatten the batch
+            b_obs = obs.reshape((-1, OBS_SIZE))
+            b_logprobs = logprobs.reshape(-1)
+            b_actions = actions.reshape(-1)
+            b_advantages = advantages.reshape(-1)
+            b_returns = returns.reshape(-1)
+            b_values = values.reshape(-1)
+
+            # Optimizing the policy and value network
+            b_inds = np.arange(args.batch_size)
+            clipfracs = []
+            for epoch in range(args.update_epochs):
+                np.random.shuffle(b_inds)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    end = start + args.minibatch_size
+                    mb_inds = b_inds[start:end]
+
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                    logratio = newlogprob - b_logprobs[mb_inds]
+                    ratio = logratio.exp()
+
+                    with torch.no_grad():
+                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                        old_approx_kl = (-logratio).mean()
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                    mb_advantages = b_advantages[mb_inds]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                    # Policy loss
+                    pg_loss1 = -mb_advantages * ratio
+                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                    # Value loss
+                    newvalue = newvalue.view(-1)
+                    if args.clip_vloss:
+                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                        v_clipped = b_values[mb_inds] + torch.clamp(
+                            newvalue - b_values[mb_inds],
+                            -args.clip_coef,
+                            args.clip_coef,
+                        )
+                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                        v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+                        v_loss = 0.5 * v_loss_max.mean()
+                    else:
+                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    optimizer.step()
+
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    break
+
+            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+            writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+            writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            if recent_returns:
+                writer.add_scalar("charts/rolling_return", np.mean(recent_returns), global_step)
+            llm_queries = advisor.stats["queries"] - queries_before
+            llm_misses = advisor.stats["misses"] - misses_before
+            writer.add_scalar("llm/bonus_coef", bonus_coef, global_step)
+            writer.add_scalar("llm/queries", llm_queries, global_step)
+            writer.add_scalar("llm/uncached_queries", llm_misses, global_step)
+            writer.add_scalar("llm/cache_hit_rate", 1 - llm_misses / llm_queries if llm_queries else 0.0, global_step)
+            writer.add_scalar("llm/ms_per_query", 1000 * llm_seconds / max(llm_queries, 1), global_step)
+            writer.add_scalar("llm/fallbacks", advisor.stats["fallbacks"], global_step)
+            if bonus_per_episode:  # intrinsic return and new subgoals per episode finished in this update
+                writer.add_scalar("llm/bonus_per_episode", np.mean(bonus_per_episode), global_step)
+                writer.add_scalar("llm/subgoals_achieved", np.mean(subgoals_per_episode), global_step)
+                bonus_per_episode.clear()
+                subgoals_per_episode.clear()
+            if args.eval_every > 0 and iteration % args.eval_every == 0 and iteration < args.num_iterations:
+                eval_seed = args.seed + 10_000 + iteration  # fresh levels each time, still reproducible
+                mean_return, success_rate, _ = evaluate(agent, args.env_id, args.eval_episodes, args.num_envs, eval_seed, device)
+                writer.add_scalar("eval/episodic_return", mean_return, global_step)
+                writer.add_scalar("eval/success_rate", success_rate, global_step)
+            if iteration % args.log_every == 0 or iteration == args.num_iterations:
+                rolling = f"{np.mean(recent_returns):.3f}" if recent_returns else "n/a"
+                length = f"{np.mean(recent_lengths):.1f}" if recent_lengths else "n/a"
+                print(
+                    f"update {iteration}/{args.num_iterations} | frames {global_step} | FPS {sps} | "
+                    f"return {rolling} (last {len(recent_returns)} episodes) | length {length} | "
+                    f"bonus coef {bonus_coef:.3f}, {1000 * llm_seconds:.0f} ms, {llm_misses} uncached queries",
+                    flush=True,
+                )
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
+
+    if train:
+        stats = advisor.stats
+        print(
+            f"LLM adviser '{args.advisor}': {stats['queries']} queries, {stats['misses']} uncached "
+            f"(cache hit rate {1 - stats['misses'] / max(stats['queries'], 1):.3f}), "
+            f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks",
+            flush=True,
+        )
+    if train and (args.save_model or interrupted):
+        save_checkpoint(os.path.join(run_path, "agent.pt"), agent, optimizer, args, global_step)
+    if args.eval_episodes > 0 and not interrupted:
+        video_dir = os.path.join("videos", run_name) if args.capture_video else None
+        mean_return, success_rate, mean_length = evaluate(
+            agent, args.env_id, args.eval_episodes, args.num_envs, args.seed + 10_000, device, args.eval_argmax, video_dir
+        )
+        writer.add_scalar("eval/episodic_return", mean_return, global_step)
+        writer.add_scalar("eval/success_rate", success_rate, global_step)
+        print(
+            f"eval of the actor alone (no bonus) on {args.env_id}: mean return {mean_return:.3f}, success rate {success_rate:.3f}, "
+            f"mean length {mean_length:.1f} over {args.eval_episodes} episodes",
+            flush=True,
+        )
+    with contextlib.suppress(Exception):  # worker processes may already be gone after Ctrl-C
+        envs.close()
+    writer.close()
+    if interrupted:
+        sys.exit(130)
