@@ -103,7 +103,7 @@ class Args:
     """weight of log p_LLM(a|s) in the acting policy's logits at the start of training"""
     llm_anneal_frac: float = 0.25
     """fraction of training over which the LLM weight (and the distillation weight) falls linearly to 0; a bad adviser
-    wastes this part of the budget (at 0.5, 2 of 3 DoorKey-5x5 seeds with SmolLM2 never recovered; at 0.25 all did)"""
+    wastes this part of the budget (DoorKey-5x5, SmolLM2: at 0.5, 2 of 3 seeds never recovered; at 0.25, none failed)"""
     distill_coef: float = 0.0
     """weight of a KL(p_LLM || actor) loss that pulls the actor itself toward the advice (annealed the same way)"""
     llm_query_every: int = 1
