@@ -8,6 +8,7 @@ import io
 import os
 import random
 import re
+import signal
 import sys
 import time
 from collections import deque
@@ -446,6 +447,16 @@ if __name__ == "__main__":
     next_done = torch.zeros(args.num_envs).to(device)
     interrupted = False
 
+    def on_ctrl_c(signum, frame):
+        # Set a flag that the loop checks, rather than raise: a KeyboardInterrupt that lands inside a __del__ (torch
+        # and TensorBoard objects have them) is printed and swallowed, and training would go on. A second Ctrl-C raises.
+        global interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+
     try:
         for iteration in range(1, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
@@ -457,6 +468,8 @@ if __name__ == "__main__":
             llm_seconds, queries_before, misses_before = 0.0, advisor.stats["queries"], advisor.stats["misses"]
 
             for step in range(0, args.num_steps):
+                if interrupted:
+                    break
                 global_step += args.num_envs
                 obs[step] = next_obs
                 dones[step] = next_done
@@ -511,6 +524,9 @@ if __name__ == "__main__":
                     recent_lengths.append(int(infos["episode"]["l"][i]))
                     writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                     writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
+
+            if interrupted:  # Ctrl-C: stop without an update on a partial rollout
+                break
 
             # bootstrap value if not done
             with torch.no_grad():
@@ -636,6 +652,7 @@ if __name__ == "__main__":
                 )
     except KeyboardInterrupt:
         interrupted = True
+    if interrupted:
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
 
     if train:
