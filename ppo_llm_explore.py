@@ -405,7 +405,7 @@ if __name__ == "__main__":
     expert = args.advisor == "expert"
     envs = make_vector_env(args.env_id, args.num_envs, asynchronous=args.async_envs, expert=expert, track=True)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
-    advisor = prompts.make_subgoal_advisor(
+    advisor = prompts.make_advisor(
         args.advisor,
         actions=prompts.allowed_actions(args.env_id),
         seed=args.seed,

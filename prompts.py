@@ -11,7 +11,7 @@ from `BabyAIBotWrapper` (info["expert_action"], -1 = none). Read top to bottom:
   1. observation -> text      4. the LLM adviser (score / generate modes, caches, stats)
   2. actions as words         5. expert, uniform and random advisers, make_advisor()
   3. prompt formatting        6. BabyAIBotWrapper (expert action in info)
-  7. subgoals for ppo_llm_explore.py: candidates, achievement tracking, subgoal_probs() advisers
+  7. subgoals for ppo_llm_explore.py: candidates, achievement tracking (the advisers rank them: subgoal_probs)
 """
 
 from __future__ import annotations
@@ -441,6 +441,7 @@ class LLMAdvisor:
                           prompt_tokens_per_query=0.0)
         self.uncached_seconds = 0.0
         self.full_prompt_tokens = 0
+        self._setup_subgoal_prompt()
 
     def _answer_tokens(self) -> dict[int, list[int]]:
         """Token ids of each allowed answer word as it follows the lead-in (' forward' after 'Action:')."""
@@ -616,6 +617,86 @@ class LLMAdvisor:
         stats["prompt_tokens_per_query"] = self.full_prompt_tokens / max(stats["misses"], 1)
         return probs
 
+    def _setup_subgoal_prompt(self):
+        """Prompt pieces for subgoal ranking (ppo_llm_explore.py). subgoal_probs() makes one forward pass over
+        "instructions + observation + numbered candidates + 'Subgoal:'", reusing the KV cache like _score; each
+        candidate scores the log-likelihood of its number (tokens the numbers share, e.g. SmolLM2's ' ' before a
+        digit, are part of the prompt). Raw scores are cached in memory and on disk under a 'subgoals-v1' key."""
+        metadata = self.llm.metadata
+        token_text = lambda token_id: self.llm.detokenize([token_id], special=True).decode("utf-8", "ignore")
+        bos_token = token_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else ""
+        rendered = render_chat(SYSTEM_PROMPT, SUBGOAL_INSTRUCTIONS + SENTINEL,
+                               chat_template=metadata.get("tokenizer.chat_template"), bos_token=bos_token,
+                               eos_token=token_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else "",
+                               model_name=metadata.get("general.name", "") + " " + os.path.basename(self.model_path))
+        self.subgoal_prefix, self.subgoal_suffix = rendered.split(SENTINEL)
+        if bos_token and self.subgoal_prefix.startswith(bos_token):
+            self.subgoal_prefix = self.subgoal_prefix[len(bos_token):]  # llama.cpp adds BOS itself
+        self.subgoal_lead_in = SUBGOAL_LEAD_IN if self.subgoal_suffix[-1:].isspace() else " " + SUBGOAL_LEAD_IN
+        lead_in_tokens = self.llm.tokenize(self.subgoal_lead_in.encode(), add_bos=False, special=False)
+        self.number_tokens = []  # tokens of " 1" .. " 9" after the lead-in
+        for number in range(1, 10):
+            tokens = self.llm.tokenize(f"{self.subgoal_lead_in} {number}".encode(), add_bos=False, special=False)
+            self.number_tokens.append(tokens[len(lead_in_tokens):] if tokens[:len(lead_in_tokens)] == lead_in_tokens
+                                      else self.llm.tokenize(f" {number}".encode(), add_bos=False, special=False))
+        self.shared_number_tokens = common_prefix(self.number_tokens[0], self.number_tokens[-1])
+        self.subgoal_key = "\n".join(["subgoals-v1", self.identity, self.subgoal_prefix, self.subgoal_suffix,
+                                      self.subgoal_lead_in])
+
+    def _score_numbers(self, query: str, n_candidates: int) -> list[float]:
+        text = self.subgoal_prefix + query + self.subgoal_suffix + self.subgoal_lead_in
+        prompt_tokens = self.llm.tokenize(text.encode(), add_bos=True, special=True) + self.shared_number_tokens
+        log_probs = self._eval_prompt(prompt_tokens)
+        shared = len(self.shared_number_tokens)
+        scores = [float(log_probs[self.number_tokens[i][shared]]) for i in range(n_candidates)]
+        for i in range(n_candidates):  # numbers longer than one distinct token (none for SmolLM2 or Llama-2)
+            tokens = self.number_tokens[i]
+            for position in range(shared + 1, len(tokens)):
+                self.llm.n_tokens = len(prompt_tokens) + position - shared - 1
+                scores[i] += float(self._continue([tokens[position - 1]])[tokens[position]])
+        self.full_prompt_tokens += len(prompt_tokens)
+        return scores
+
+    def raw_subgoal_scores(self, query: str, n_candidates: int) -> list[float]:
+        """Cached raw log-likelihoods of the candidates' numbers (memory, then disk, then the LLM)."""
+        memory_key = "subgoals\n" + query
+        if memory_key in self.memory_cache:
+            self.memory_cache.move_to_end(memory_key)
+            self.stats["memory_hits"] += 1
+            return self.memory_cache[memory_key]
+        disk_key = hashlib.sha256(f"{self.subgoal_key}\n{query}".encode()).hexdigest()
+        raw = self._disk_call("get", disk_key) if self.disk_cache is not None else None
+        if raw is not None:
+            self.stats["disk_hits"] += 1
+        else:
+            start = time.perf_counter()
+            raw = self._score_numbers(query, n_candidates)
+            self.uncached_seconds += time.perf_counter() - start
+            self.stats["misses"] += 1
+            if self.disk_cache is not None:
+                self._disk_call("set", disk_key, raw)
+        self.memory_cache[memory_key] = raw
+        if len(self.memory_cache) > self.memory_cache_size:
+            self.memory_cache.popitem(last=False)
+        return raw
+
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        """(n,) float32 distribution over the candidates (temperature-softmaxed number log-likelihoods).
+        No candidates: empty; one candidate: [1.0] without a query. `expert_plan` is ignored."""
+        candidate_texts = check_candidates(candidate_texts)
+        if len(candidate_texts) <= 1:
+            return np.ones(len(candidate_texts), dtype=np.float32)
+        raw = np.asarray(self.raw_subgoal_scores(subgoal_query(obs_text, candidate_texts), len(candidate_texts)))
+        self.stats["queries"] += 1
+        self.stats["hit_rate"] = (self.stats["memory_hits"] + self.stats["disk_hits"]) / self.stats["queries"]
+        self.stats["ms_per_uncached_query"] = 1000 * self.uncached_seconds / max(self.stats["misses"], 1)
+        if not np.all(np.isfinite(raw)):
+            self.stats["fallbacks"] += 1
+            return np.full(len(raw), 1.0 / len(raw), dtype=np.float32)
+        scores = raw / self.temperature
+        probs = np.exp(scores - scores.max())
+        return (probs / probs.sum()).astype(np.float32)
+
     def close(self):
         if self.disk_cache is not None:
             self.disk_cache.close()
@@ -651,6 +732,20 @@ class ExpertAdvisor:
         self.stats["queries"] += len(obs_texts)
         return probs
 
+    # All mass on the candidate that comes first in the BabyAI bot's plan (info["expert_plan"]: "go to the
+    # yellow key" while the bot walks there, then "pick up the yellow key", ...), with `smoothing` spread
+    # uniformly. When no candidate is on the plan it returns zeros (counted in stats["fallbacks"]): the upper
+    # bound pays nothing for off-plan subgoals, even a lone one.
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        candidate_texts = check_candidates(candidate_texts)
+        n = len(candidate_texts)
+        planned = [candidate_texts.index(text) for text in (expert_plan or ()) if text in candidate_texts]
+        self.stats["queries"] += int(n > 0)
+        if not planned:
+            self.stats["fallbacks"] += int(n > 0)
+            return np.zeros(n, dtype=np.float32)
+        return ((1 - self.smoothing) * np.eye(n)[planned[0]] + self.smoothing / n).astype(np.float32)
+
 
 class UniformAdvisor:
     """Uniform over all 7 actions: the 'no advice' control. It adds the same constant to every logit of a
@@ -663,6 +758,13 @@ class UniformAdvisor:
     def action_probs(self, obs_texts: list[str], expert_actions=None, cached_only: bool = False) -> np.ndarray:
         self.stats["queries"] += len(obs_texts)
         return np.tile(NO_ADVICE, (len(obs_texts), 1))
+
+    # Uniform over the candidates: the null control. Every achievable subgoal pays the same, so a run with it
+    # measures the bonus for 'doing something with an object' without any knowledge of which thing is useful.
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        candidate_texts = check_candidates(candidate_texts)
+        self.stats["queries"] += int(len(candidate_texts) > 1)  # like the LLM: one candidate needs no ranking
+        return np.full(len(candidate_texts), 1.0 / max(len(candidate_texts), 1), dtype=np.float32)
 
 
 class RandomAdvisor:
@@ -681,6 +783,16 @@ class RandomAdvisor:
             probs[row] = finalize_probs(row_probs)
         self.stats["queries"] += len(obs_texts)
         return probs
+
+    # A consistent but useless ranking: a random distribution per (observation, candidates), seeded by hash.
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        candidate_texts = check_candidates(candidate_texts)
+        if len(candidate_texts) <= 1:
+            return np.ones(len(candidate_texts), dtype=np.float32)
+        self.stats["queries"] += 1
+        digest = hashlib.sha256(f"{self.seed}\n{subgoal_query(obs_text, candidate_texts)}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        return rng.dirichlet(np.ones(len(candidate_texts))).astype(np.float32)
 
 
 ADVISOR_NAMES = ("llm", "expert", "uniform", "random")
@@ -767,7 +879,7 @@ def expert_actions_from_infos(infos: dict, num_envs: int) -> np.ndarray:
 # candidate_subgoals(view)  -> the few subgoals achievable from what the agent sees and carries
 # SubgoalTracker            -> which of them the agent achieved, read from the env's STATE (not from text),
 #                              each at most once per episode; and, over a BabyAIBotWrapper, the bot's plan
-# make_subgoal_advisor(...) -> the advisers of section 5 plus subgoal_probs(obs_text, candidates, plan):
+# make_advisor(...) advisers also have subgoal_probs(obs_text, candidates, plan):
 #                              a distribution over the candidates (the LLM scores their numbers in one pass)
 # Nothing above this section changes: the subgoal advisers are subclasses that add one method.
 
@@ -1001,145 +1113,3 @@ def check_candidates(candidate_texts) -> list[str]:
     if len(candidate_texts) > 9 or len(set(candidate_texts)) != len(candidate_texts):
         raise ValueError(f"expected at most 9 distinct candidate subgoals, got {candidate_texts}")
     return candidate_texts
-
-
-class LLMSubgoalAdvisor(LLMAdvisor):
-    """LLMAdvisor (action_probs unchanged) that also ranks candidate subgoals.
-
-    One forward pass over "instructions + observation + numbered candidates + 'Subgoal:'", reusing the KV
-    cache like _score; each candidate scores the log-likelihood of its number (the tokens the numbers share,
-    e.g. SmolLM2's ' ' before a digit, are part of the prompt, so the first distinct token decides; a
-    multi-token number would be scored token by token). Raw scores are cached by the query text in memory and
-    in the same disk cache under a 'subgoals-v1' key, so the temperature can change without invalidating them.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        metadata = self.llm.metadata
-        token_text = lambda token_id: self.llm.detokenize([token_id], special=True).decode("utf-8", "ignore")
-        bos_token = token_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else ""
-        rendered = render_chat(SYSTEM_PROMPT, SUBGOAL_INSTRUCTIONS + SENTINEL,
-                               chat_template=metadata.get("tokenizer.chat_template"), bos_token=bos_token,
-                               eos_token=token_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else "",
-                               model_name=metadata.get("general.name", "") + " " + os.path.basename(self.model_path))
-        self.subgoal_prefix, self.subgoal_suffix = rendered.split(SENTINEL)
-        if bos_token and self.subgoal_prefix.startswith(bos_token):
-            self.subgoal_prefix = self.subgoal_prefix[len(bos_token):]  # llama.cpp adds BOS itself
-        self.subgoal_lead_in = SUBGOAL_LEAD_IN if self.subgoal_suffix[-1:].isspace() else " " + SUBGOAL_LEAD_IN
-        lead_in_tokens = self.llm.tokenize(self.subgoal_lead_in.encode(), add_bos=False, special=False)
-        self.number_tokens = []  # tokens of " 1" .. " 9" after the lead-in
-        for number in range(1, 10):
-            tokens = self.llm.tokenize(f"{self.subgoal_lead_in} {number}".encode(), add_bos=False, special=False)
-            self.number_tokens.append(tokens[len(lead_in_tokens):] if tokens[:len(lead_in_tokens)] == lead_in_tokens
-                                      else self.llm.tokenize(f" {number}".encode(), add_bos=False, special=False))
-        self.shared_number_tokens = common_prefix(self.number_tokens[0], self.number_tokens[-1])
-        self.subgoal_key = "\n".join(["subgoals-v1", self.identity, self.subgoal_prefix, self.subgoal_suffix,
-                                      self.subgoal_lead_in])
-
-    def _score_numbers(self, query: str, n_candidates: int) -> list[float]:
-        text = self.subgoal_prefix + query + self.subgoal_suffix + self.subgoal_lead_in
-        prompt_tokens = self.llm.tokenize(text.encode(), add_bos=True, special=True) + self.shared_number_tokens
-        log_probs = self._eval_prompt(prompt_tokens)
-        shared = len(self.shared_number_tokens)
-        scores = [float(log_probs[self.number_tokens[i][shared]]) for i in range(n_candidates)]
-        for i in range(n_candidates):  # numbers longer than one distinct token (none for SmolLM2 or Llama-2)
-            tokens = self.number_tokens[i]
-            for position in range(shared + 1, len(tokens)):
-                self.llm.n_tokens = len(prompt_tokens) + position - shared - 1
-                scores[i] += float(self._continue([tokens[position - 1]])[tokens[position]])
-        self.full_prompt_tokens += len(prompt_tokens)
-        return scores
-
-    def raw_subgoal_scores(self, query: str, n_candidates: int) -> list[float]:
-        """Cached raw log-likelihoods of the candidates' numbers (memory, then disk, then the LLM)."""
-        memory_key = "subgoals\n" + query
-        if memory_key in self.memory_cache:
-            self.memory_cache.move_to_end(memory_key)
-            self.stats["memory_hits"] += 1
-            return self.memory_cache[memory_key]
-        disk_key = hashlib.sha256(f"{self.subgoal_key}\n{query}".encode()).hexdigest()
-        raw = self._disk_call("get", disk_key) if self.disk_cache is not None else None
-        if raw is not None:
-            self.stats["disk_hits"] += 1
-        else:
-            start = time.perf_counter()
-            raw = self._score_numbers(query, n_candidates)
-            self.uncached_seconds += time.perf_counter() - start
-            self.stats["misses"] += 1
-            if self.disk_cache is not None:
-                self._disk_call("set", disk_key, raw)
-        self.memory_cache[memory_key] = raw
-        if len(self.memory_cache) > self.memory_cache_size:
-            self.memory_cache.popitem(last=False)
-        return raw
-
-    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
-        """(n,) float32 distribution over the candidates (temperature-softmaxed number log-likelihoods).
-        No candidates: empty; one candidate: [1.0] without a query. `expert_plan` is ignored."""
-        candidate_texts = check_candidates(candidate_texts)
-        if len(candidate_texts) <= 1:
-            return np.ones(len(candidate_texts), dtype=np.float32)
-        raw = np.asarray(self.raw_subgoal_scores(subgoal_query(obs_text, candidate_texts), len(candidate_texts)))
-        self.stats["queries"] += 1
-        self.stats["hit_rate"] = (self.stats["memory_hits"] + self.stats["disk_hits"]) / self.stats["queries"]
-        self.stats["ms_per_uncached_query"] = 1000 * self.uncached_seconds / max(self.stats["misses"], 1)
-        if not np.all(np.isfinite(raw)):
-            self.stats["fallbacks"] += 1
-            return np.full(len(raw), 1.0 / len(raw), dtype=np.float32)
-        scores = raw / self.temperature
-        probs = np.exp(scores - scores.max())
-        return (probs / probs.sum()).astype(np.float32)
-
-
-class ExpertSubgoalAdvisor(ExpertAdvisor):
-    """All mass on the candidate that comes first in the BabyAI bot's plan (info["expert_plan"]: "go to the
-    yellow key" while the bot walks there, then "pick up the yellow key", ...), with `smoothing` spread
-    uniformly. When no candidate is on the plan it returns zeros (counted in stats["fallbacks"]): the upper
-    bound pays nothing for off-plan subgoals, even a lone one."""
-
-    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
-        candidate_texts = check_candidates(candidate_texts)
-        n = len(candidate_texts)
-        planned = [candidate_texts.index(text) for text in (expert_plan or ()) if text in candidate_texts]
-        self.stats["queries"] += int(n > 0)
-        if not planned:
-            self.stats["fallbacks"] += int(n > 0)
-            return np.zeros(n, dtype=np.float32)
-        return ((1 - self.smoothing) * np.eye(n)[planned[0]] + self.smoothing / n).astype(np.float32)
-
-
-class UniformSubgoalAdvisor(UniformAdvisor):
-    """Uniform over the candidates: the null control. Every achievable subgoal pays the same, so a run with it
-    measures the bonus for 'doing something with an object' without any knowledge of which thing is useful."""
-
-    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
-        candidate_texts = check_candidates(candidate_texts)
-        self.stats["queries"] += int(len(candidate_texts) > 1)  # like the LLM: one candidate needs no ranking
-        return np.full(len(candidate_texts), 1.0 / max(len(candidate_texts), 1), dtype=np.float32)
-
-
-class RandomSubgoalAdvisor(RandomAdvisor):
-    """A consistent but useless ranking: a random distribution per (observation, candidates), seeded by hash."""
-
-    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
-        candidate_texts = check_candidates(candidate_texts)
-        if len(candidate_texts) <= 1:
-            return np.ones(len(candidate_texts), dtype=np.float32)
-        self.stats["queries"] += 1
-        digest = hashlib.sha256(f"{self.seed}\n{subgoal_query(obs_text, candidate_texts)}".encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-        return rng.dirichlet(np.ones(len(candidate_texts))).astype(np.float32)
-
-
-def make_subgoal_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smoothing: float = 0.0,
-                         **llm_kwargs):
-    """make_advisor()'s advisers (same arguments, same action_probs), each with subgoal_probs() added."""
-    if name == "llm":
-        return LLMSubgoalAdvisor(actions=actions, **llm_kwargs)
-    if name == "expert":
-        return ExpertSubgoalAdvisor(smoothing=smoothing, actions=actions)
-    if name == "uniform":
-        return UniformSubgoalAdvisor(actions=actions)
-    if name == "random":
-        return RandomSubgoalAdvisor(seed=seed, actions=actions)
-    raise ValueError(f"unknown adviser {name!r}: choose one of {', '.join(ADVISOR_NAMES)}")

@@ -132,7 +132,7 @@ def test_bonus_weights_prob_topk_and_ties():
 
 
 def test_the_expert_ranks_the_bots_next_step_first_and_following_it_pays_every_achievement():
-    expert, uniform = prompts.make_subgoal_advisor("expert"), prompts.make_subgoal_advisor("uniform")
+    expert, uniform = prompts.make_advisor("expert"), prompts.make_advisor("uniform")
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
     for seed in range(3):
         env = prompts.SubgoalTracker(prompts.BabyAIBotWrapper(gym.make("BabyAI-UnlockLocal-v0")))
@@ -157,7 +157,7 @@ def test_the_expert_ranks_the_bots_next_step_first_and_following_it_pays_every_a
 
 # ---- the real LLM ---------------------------------------------------------------------------------------------------
 def test_llm_subgoal_probs_is_a_cached_distribution_over_the_candidates(tmp_path):
-    advisor = prompts.make_subgoal_advisor("llm", n_threads=1, cache_dir=str(tmp_path),
+    advisor = prompts.make_advisor("llm", n_threads=1, cache_dir=str(tmp_path),
                                            actions=prompts.allowed_actions("BabyAI-UnlockLocal-v0"))
     obs_text = "Goal: open the door. You see locked red door two forward one right, red key one left. You carry nothing."
     candidates = ["pick up the red key", "go to the red key", "go to the red door"]
@@ -170,7 +170,7 @@ def test_llm_subgoal_probs_is_a_cached_distribution_over_the_candidates(tmp_path
     assert advisor.subgoal_probs(obs_text, candidates[:1]).tolist() == [1.0] and advisor.stats["queries"] == 2
     assert advisor.action_probs([obs_text]).shape == (1, 7)  # still the action adviser too
     advisor.close()
-    again = prompts.make_subgoal_advisor("llm", n_threads=1, cache_dir=str(tmp_path), actions=advisor.actions)
+    again = prompts.make_advisor("llm", n_threads=1, cache_dir=str(tmp_path), actions=advisor.actions)
     np.testing.assert_allclose(again.subgoal_probs(obs_text, candidates), probs, atol=1e-6)
     assert again.stats["disk_hits"] == 1 and again.stats["misses"] == 0  # and it persists on disk
     again.close()
