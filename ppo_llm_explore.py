@@ -99,7 +99,12 @@ class Args:
 
     # LLM exploration bonus arguments
     advisor: str = "llm"
-    """who ranks the subgoals: llm (the GGUF model), expert (BabyAI bot's plan, BabyAI levels only), uniform, random"""
+    """who ranks the subgoals: llm (the GGUF model), expert (BabyAI bot's plan, BabyAI levels only), uniform, random,
+    or noisy-expert (the bot plan's subgoal on top with probability --advice-accuracy, else a wrong one)"""
+    advice_accuracy: float = 1.0
+    """noisy-expert only: how often its top subgoal (or action) is the expert's (the rest: a uniformly chosen wrong one)"""
+    advice_calibrated: bool = False
+    """noisy-expert only: put --advice-accuracy (not a fixed 0.8, like an over-confident LLM) on the advised choice"""
     bonus_mode: str = "prob"
     """prob: a subgoal achieved pays coef * p(subgoal); topk: coef if in the top --bonus-top-k; action: coef per adviser's top action taken"""
     bonus_coef: float = 0.1
@@ -359,8 +364,10 @@ def check_args(args):
         fail("--capture-video records evaluation episodes: add --eval-episodes N")
     if args.advisor not in prompts.ADVISOR_NAMES:
         fail(f"unknown --advisor '{args.advisor}': choose one of {', '.join(prompts.ADVISOR_NAMES)}")
-    if args.advisor == "expert" and not args.env_id.startswith("BabyAI-"):
-        fail(f"--advisor expert needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})")
+    if args.advisor in ("expert", "noisy-expert") and not args.env_id.startswith("BabyAI-"):
+        fail(f"--advisor {args.advisor} needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})")
+    if not 0 <= args.advice_accuracy <= 1:
+        fail(f"--advice-accuracy must be in [0, 1], got {args.advice_accuracy}")
     if args.bonus_mode not in ("prob", "topk", "action"):
         fail(f"--bonus-mode must be prob, topk or action, got '{args.bonus_mode}'")
     if args.bonus_coef < 0 or not 0 < args.bonus_anneal_frac <= 1 or args.bonus_top_k < 1:
@@ -402,13 +409,15 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    expert = args.advisor == "expert"
+    expert = args.advisor in ("expert", "noisy-expert")
     envs = make_vector_env(args.env_id, args.num_envs, asynchronous=args.async_envs, expert=expert, track=True)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
     advisor = prompts.make_advisor(
         args.advisor,
         actions=prompts.allowed_actions(args.env_id),
         seed=args.seed,
+        accuracy=args.advice_accuracy,
+        calibrated=args.advice_calibrated,
         model_path=args.llm_model_path,
         n_gpu_layers=args.llm_n_gpu_layers,
         n_threads=args.llm_n_threads,
@@ -600,7 +609,7 @@ if __name__ == "__main__":
 
                     optimizer.zero_grad()
                     loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
                     optimizer.step()
 
                 if args.target_kl is not None and approx_kl > args.target_kl:
@@ -660,7 +669,8 @@ if __name__ == "__main__":
         print(
             f"LLM adviser '{args.advisor}': {stats['queries']} queries, {stats['misses']} uncached "
             f"(cache hit rate {1 - stats['misses'] / max(stats['queries'], 1):.3f}), "
-            f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks",
+            f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks"
+            + (f", agreed with the expert {stats['agreed'] / max(stats['queries'], 1):.3f}" if "agreed" in stats else ""),
             flush=True,
         )
     if train and (args.save_model or interrupted):

@@ -364,6 +364,34 @@ def check_actions(actions) -> list[int]:
     return list(actions)
 
 
+def load_llama(**llama_kwargs):
+    """llama_cpp.Llama(**llama_kwargs), without llama.cpp's AMX kernels on CPUs that have AMX.
+
+    The llama.cpp inside llama-cpp-python 0.3.16 computes Q4_0/Q4_1 matrix products wrongly with AMX when a batch of
+    tokens is evaluated at once (ggml-org/llama.cpp PR 16315, fixed upstream in PR 19925): on such a CPU, SmolLM2's
+    log-probs depended on how the prompt was split (natural-text loss 5.8 nats per token evaluated as one batch, 3.0
+    token by token). The AMX kernels sit behind llama.cpp's "extra buffer types", which the model parameters can turn
+    off; llama-cpp-python does not expose that flag, so its default model parameters are patched during the load.
+    """
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+        return llama_cpp.Llama(**llama_kwargs)
+    default_params = llama_module.llama_cpp.llama_model_default_params
+
+    def params_without_extra_buffers():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = params_without_extra_buffers
+    try:
+        return llama_cpp.Llama(**llama_kwargs)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = default_params
+
+
 class LLMAdvisor:
     """Action prior from a local GGUF model through llama.cpp.
 
@@ -388,14 +416,12 @@ class LLMAdvisor:
         self.mode, self.temperature, self.actions = mode, float(temperature), check_actions(actions)
         self.n_ctx = int(n_ctx)
 
-        from llama_cpp import Llama
-
         try:
             # n_batch = n_ctx: llama-cpp-python sizes its buffers by it; threads are explicit because
             # oversubscribing a few cores (llama.cpp + torch + envs) is very slow.
-            self.llm = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_batch=self.n_ctx,
-                             n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=n_gpu_layers,
-                             logits_all=False, verbose=False)
+            self.llm = load_llama(model_path=self.model_path, n_ctx=self.n_ctx, n_batch=self.n_ctx,
+                                  n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=n_gpu_layers,
+                                  logits_all=False, verbose=False)
         except Exception as error:
             raise ValueError(f"llama.cpp could not load {self.model_path} ({error}); "
                              f"check the file, or {GET_A_MODEL}") from None
@@ -795,12 +821,88 @@ class RandomAdvisor:
         return rng.dirichlet(np.ones(len(candidate_texts))).astype(np.float32)
 
 
-ADVISOR_NAMES = ("llm", "expert", "uniform", "random")
+class NoisyExpertAdvisor:
+    """The BabyAI bot's action with probability `accuracy`, otherwise a uniformly chosen wrong action: an adviser of
+    known quality, to place real LLMs on an accuracy axis (issue: "how good must the LLM be?").
+
+    The draw is seeded by (seed, observation text, expert action), so like a cached LLM it gives the same answer in
+    the same situation. The returned distribution is as confident as a real LLM's: `confidence` (0.8) on the advised
+    action and the rest spread over the other allowed actions; with `calibrated`, the confidence equals the accuracy
+    (p on the advised action, 1 - p spread), i.e. an adviser that knows how often it is right.
+    """
+
+    def __init__(self, accuracy: float = 1.0, calibrated: bool = False, confidence: float = 0.8, seed: int = 0,
+                 actions: list[int] | None = None):
+        if not 0.0 <= accuracy <= 1.0:
+            raise ValueError(f"advice accuracy must be in [0, 1], got {accuracy}")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"advice confidence must be in (0, 1), got {confidence}")
+        self.accuracy, self.calibrated, self.seed = float(accuracy), bool(calibrated), int(seed)
+        self.confidence = float(accuracy) if calibrated else float(confidence)
+        self.actions, self.stats = check_actions(actions), new_stats()
+        self.stats["agreed"] = 0  # how often the advice was the expert's action (the empirical accuracy)
+
+    def rng(self, *parts) -> np.random.Generator:
+        digest = hashlib.sha256("\n".join(str(part) for part in (self.seed, *parts)).encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def peaked(self, top: int, n: int) -> np.ndarray:
+        """`confidence` on index `top`, the rest spread evenly over the other n - 1."""
+        if n == 1:
+            return np.ones(1)
+        probs = np.full(n, (1.0 - self.confidence) / (n - 1))
+        probs[top] = self.confidence
+        return probs
+
+    def action_probs(self, obs_texts: list[str], expert_actions=None, cached_only: bool = False) -> np.ndarray:
+        if expert_actions is None:
+            raise ValueError("the noisy-expert adviser needs info['expert_action']: wrap the env in BabyAIBotWrapper")
+        expert_actions = np.asarray(expert_actions).reshape(-1).astype(int)
+        probs = np.empty((len(obs_texts), NUM_ACTIONS), dtype=np.float32)
+        for row, (obs_text, expert_action) in enumerate(zip(obs_texts, expert_actions)):
+            if not 0 <= expert_action < NUM_ACTIONS:
+                self.stats["fallbacks"] += 1
+                probs[row] = finalize_probs(uniform_probs(self.actions))
+                continue
+            choices = sorted(set(self.actions) | {int(expert_action)})
+            rng = self.rng(obs_text, expert_action)
+            wrong = [a for a in choices if a != expert_action]
+            advised = expert_action if rng.random() < self.accuracy or not wrong else wrong[rng.integers(len(wrong))]
+            self.stats["agreed"] += int(advised == expert_action)
+            row_probs = np.zeros(NUM_ACTIONS)
+            row_probs[choices] = self.peaked(choices.index(advised), len(choices))
+            probs[row] = finalize_probs(row_probs)
+        self.stats["queries"] += len(obs_texts)
+        return probs
+
+    # The expert's ranking (the bot plan's next subgoal on top) with probability `accuracy`, otherwise a wrong
+    # candidate on top; where no candidate is on the plan, the right answer is "none" (zeros, as the expert).
+    def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
+        candidate_texts = check_candidates(candidate_texts)
+        n = len(candidate_texts)
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        self.stats["queries"] += 1
+        planned = [candidate_texts.index(text) for text in (expert_plan or ()) if text in candidate_texts]
+        rng = self.rng(subgoal_query(obs_text, candidate_texts), planned[:1])
+        right = rng.random() < self.accuracy
+        self.stats["agreed"] += int(right)
+        if planned and (right or n == 1):
+            return self.peaked(planned[0], n).astype(np.float32)
+        if right:  # nothing on the plan: the expert would pay nothing
+            self.stats["fallbacks"] += 1
+            return np.zeros(n, dtype=np.float32)
+        wrong = [i for i in range(n) if not planned or i != planned[0]]
+        return self.peaked(wrong[rng.integers(len(wrong))], n).astype(np.float32)
+
+
+ADVISOR_NAMES = ("llm", "expert", "uniform", "random", "noisy-expert")
 
 
 def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smoothing: float = 0.0,
-                 **llm_kwargs):
-    """'llm' -> LLMAdvisor(**llm_kwargs); 'expert' / 'uniform' / 'random' ignore the LLM arguments."""
+                 accuracy: float = 1.0, calibrated: bool = False, **llm_kwargs):
+    """'llm' -> LLMAdvisor(**llm_kwargs); the others ignore the LLM arguments ('noisy-expert' takes `accuracy` and
+    `calibrated`)."""
     if name == "llm":
         return LLMAdvisor(actions=actions, **llm_kwargs)
     if name == "expert":
@@ -809,6 +911,8 @@ def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smo
         return UniformAdvisor(actions=actions)
     if name == "random":
         return RandomAdvisor(seed=seed, actions=actions)
+    if name == "noisy-expert":
+        return NoisyExpertAdvisor(accuracy=accuracy, calibrated=calibrated, seed=seed, actions=actions)
     raise ValueError(f"unknown adviser {name!r}: choose one of {', '.join(ADVISOR_NAMES)}")
 
 

@@ -28,7 +28,7 @@ def test_a_tiny_run_logs_the_llm_scalars(advisor, env_id, tmp_path):
     logged = scalars(only_run(str(tmp_path / "runs")))
     for tag in LLM_SCALARS:
         assert logged.get(tag), f"{tag} missing from {sorted(logged)}"
-    assert logged["llm/coef"][0] == 1.0 and logged["llm/coef"][-1] < 1.0  # annealing
+    assert logged["llm/coef"][0] == 0.5 and logged["llm/coef"][-1] < 0.5  # the default --llm-coef, annealed
     assert logged["llm/queries"][0] == 4 * 32  # every state of the first rollout was advised
     # The PPO ratio is computed for the mixed policy from stored tensors: before the first gradient step it is 1.
     assert max(logged["llm/logprob_replay_error"]) < 1e-5

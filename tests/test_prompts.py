@@ -374,3 +374,65 @@ def test_expert_wrapper_in_a_vector_env_and_elsewhere():
         env = prompts.BabyAIBotWrapper(gym.make("MiniGrid-DoorKey-5x5-v0"))
     _, info = env.reset(seed=0)
     assert info["expert_action"] == -1
+
+
+# ----------------------------------------------------------------------------------------------------
+# the noisy expert: an adviser of known accuracy, with the real BabyAI bot underneath
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bot_states():
+    """Distinct (observation text, expert action) pairs from GoToLocal episodes led by the bot with 30% random actions."""
+    env = prompts.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0"))
+    rng = np.random.default_rng(0)
+    states = {}
+    for seed in range(150):
+        obs, info = env.reset(seed=seed)
+        for _ in range(40):
+            states[(describe_observation(obs["image"], obs["direction"], obs["mission"]), info["expert_action"])] = 1
+            action = info["expert_action"] if rng.random() > 0.3 else int(rng.integers(3))
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated or info["expert_action"] < 0:
+                break
+    texts, expert_actions = zip(*[(text, action) for text, action in states if action >= 0])
+    assert len(texts) > 500
+    return list(texts), np.array(expert_actions)
+
+
+@pytest.mark.parametrize("accuracy", [1.0, 0.6, 0.25, 0.0])
+def test_noisy_expert_agreement_matches_its_accuracy(bot_states, accuracy):
+    texts, expert_actions = bot_states
+    advisor = prompts.make_advisor("noisy-expert", accuracy=accuracy, seed=1,
+                                   actions=prompts.allowed_actions("BabyAI-GoToLocal-v0"))
+    probs = advisor.action_probs(texts, expert_actions)
+    assert_valid_probs(probs, len(texts))
+    agreement = (probs.argmax(1) == expert_actions).mean()
+    tolerance = 4 * np.sqrt(accuracy * (1 - accuracy) / len(texts)) + 1e-9  # 4 standard errors
+    assert abs(agreement - accuracy) <= tolerance, (agreement, accuracy, tolerance)
+    assert advisor.stats["agreed"] == int(round(agreement * len(texts)))
+    np.testing.assert_allclose(probs.max(1), 0.8, atol=1e-3)  # as confident as an LLM, whatever its accuracy
+    wrong = probs.argmax(1) != expert_actions
+    assert set(probs.argmax(1)[wrong]) <= {0, 1, 2}  # wrong advice stays within GoToLocal's allowed actions
+    # consistent, like a cached LLM: the same state gets the same answer
+    np.testing.assert_array_equal(probs, advisor.action_probs(texts, expert_actions))
+
+
+def test_noisy_expert_calibrated_confidence_and_subgoal_ranking(bot_states):
+    texts, expert_actions = bot_states
+    calibrated = prompts.make_advisor("noisy-expert", accuracy=0.6, calibrated=True, actions=[0, 1, 2, 3, 4, 5])
+    probs = calibrated.action_probs(texts[:50], expert_actions[:50])
+    np.testing.assert_allclose(probs.max(1), 0.6, atol=1e-3)
+    assert calibrated.action_probs(texts[:1], [-1])[0].max() < 0.2 and calibrated.stats["fallbacks"] == 1
+    with pytest.raises(ValueError, match="BabyAIBotWrapper"):
+        calibrated.action_probs(texts[:1])
+    with pytest.raises(ValueError, match="accuracy"):
+        prompts.make_advisor("noisy-expert", accuracy=1.5)
+
+    candidates = ["pick up the red key", "open the red door", "go to the green goal", "drop the ball"]
+    for accuracy in (1.0, 0.5):
+        noisy = prompts.make_advisor("noisy-expert", accuracy=accuracy, seed=2)
+        tops = [noisy.subgoal_probs(text, candidates, expert_plan=["open the red door"]).argmax() for text in texts]
+        agreement = np.mean(np.array(tops) == 1)
+        assert abs(agreement - accuracy) <= 4 * np.sqrt(accuracy * (1 - accuracy) / len(texts)) + 1e-9
+    # nothing on the bot's plan: a right answer pays nothing (zeros, like the expert), a wrong one ranks a candidate
+    off_plan = [prompts.make_advisor("noisy-expert", accuracy=0.5).subgoal_probs(text, candidates) for text in texts]
+    assert 0.35 < np.mean([not probs.any() for probs in off_plan]) < 0.65

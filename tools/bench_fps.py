@@ -7,8 +7,11 @@
 Flags for the scripts go in one --script-args=... (with "=", since they start with "--").
 
 Raw speed: one bare env (gym.make, no wrappers) stepped with random actions on one core, measured before and after
-the training runs (their mean is the reference, so drift on a busy machine shows up as a spread). Training FPS: each
-script's own main loop, run in this process with runpy, read from the FPS it prints at the end.
+the training runs (their mean is the reference, so drift on a busy machine shows up as a spread). Also printed: the
+same env as a 16-env SyncVectorEnv with random actions, i.e. the environment cost the training loop cannot avoid (16
+interleaved envs run slower per step than one, through cache misses, not through the vector wrapper's own work); the
+rest of a training frame is the agent. Training FPS: each script's own main loop, run in this process with runpy,
+read from the FPS it prints at the end.
 """
 
 import contextlib
@@ -58,6 +61,21 @@ def raw_env_steps_per_second(env_id, steps, seed=0):
     return steps / (time.perf_counter() - start)
 
 
+def raw_vector_env_steps_per_second(env_id, steps, num_envs, seed=0):
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.make(env_id) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    rng = np.random.default_rng(seed)
+    with contextlib.redirect_stdout(io.StringIO()):
+        envs.reset(seed=seed)
+        start = time.perf_counter()
+        for _ in range(steps // num_envs):
+            envs.step(rng.integers(envs.single_action_space.n, size=num_envs))
+        elapsed = time.perf_counter() - start
+    envs.close()
+    return steps // num_envs * num_envs / elapsed
+
+
 def training_fps(script, flags):
     """Run a training script's __main__ in this process; return the FPS of its last progress line."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +100,8 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     raw_before = raw_env_steps_per_second(args.env_id, args.raw_steps)
     print(f"raw env ({args.env_id}, 1 env, random actions): {raw_before:.0f} steps/s", flush=True)
+    vector_before = raw_vector_env_steps_per_second(args.env_id, args.raw_steps, args.num_envs)
+    print(f"vector env ({args.num_envs} envs, random actions): {vector_before:.0f} steps/s", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as run_dir:
         for i, script in enumerate(args.scripts):
@@ -93,9 +113,11 @@ if __name__ == "__main__":
             adviser_lines = [line for line in output.splitlines() if line.startswith("LLM adviser")]
             print(f"{script}: {fps} training FPS", *adviser_lines, sep="\n    ", flush=True)
     raw_after = raw_env_steps_per_second(args.env_id, args.raw_steps)
-    raw = np.mean([raw_before, raw_after])
-    print(f"raw env again: {raw_after:.0f} steps/s (reference: mean {raw:.0f})\n")
-    print(f"| run | script | training FPS | FPS / raw env steps/s | FPS / {results[0][0]}'s |")
-    print("|---|---|---|---|---|")
+    vector_after = raw_vector_env_steps_per_second(args.env_id, args.raw_steps, args.num_envs)
+    raw, vector = np.mean([raw_before, raw_after]), np.mean([vector_before, vector_after])
+    print(f"raw env again: {raw_after:.0f} steps/s (reference: mean {raw:.0f})")
+    print(f"vector env again: {vector_after:.0f} steps/s (reference: mean {vector:.0f})\n")
+    print(f"| run | script | training FPS | FPS / raw env steps/s | FPS / vector env steps/s | FPS / {results[0][0]}'s |")
+    print("|---|---|---|---|---|---|")
     for run, (script, fps) in enumerate(results, 1):
-        print(f"| {run} | {script} | {fps} | {fps / raw:.0%} | {fps / results[0][1]:.0%} |")
+        print(f"| {run} | {script} | {fps} | {fps / raw:.0%} | {fps / vector:.0%} | {fps / results[0][1]:.0%} |")

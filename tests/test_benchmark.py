@@ -1,0 +1,55 @@
+"""tools/benchmark.py and tools/plot.py end to end: the tiny preset with the real scripts and the real embedded LLM."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from test_baseline import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import benchmark  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_benchmark(out):
+    command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--workers", "2",
+               "--out", str(out), "--llm-cache-dir", str(out / "cache")]
+    start = time.time()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return result, time.time() - start
+
+
+def test_tiny_preset_runs_plots_and_resumes(tmp_path):
+    runs = benchmark.PRESETS["tiny"]
+    first, _ = run_benchmark(tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    for run in runs:
+        with open(tmp_path / "runs" / run["key"] / "result.json") as f:
+            result = json.load(f)
+        assert result["returncode"] == 0 and result["wall_seconds"] > 0 and result["command"].startswith("python ")
+        assert 0.0 <= result["eval_return"] <= 1.0  # every run of the preset ends with an evaluation
+    llm_run = next(run for run in runs if run["variant"] == "policy+llm")
+    with open(tmp_path / "runs" / llm_run["key"] / "result.json") as f:
+        assert json.load(f)["llm_queries"] > 0
+
+    png = tmp_path / "curves.png"
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == PNG_SIGNATURE
+    table = (tmp_path / "results.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| env | variant |"))
+    for column in ["seeds", "final eval return (LLM-free)", "success rate", "frames to ≥ 0.9", "FPS", "LLM queries",
+                   "cache hit rate", "wall (s)"]:
+        assert column in header
+    for run in runs:
+        if run["kind"] == "train":
+            assert f"| {run['env_id']} | {run['variant']} | 1 |" in table
+    assert "## Zero-shot" in table and "## Transfer" in table
+
+    # A second invocation finds every result.json and runs nothing.
+    second, seconds = run_benchmark(tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"skipping {len(runs)} finished" in second.stdout and "0 to run" in second.stdout
+    assert "rc 0" not in second.stdout and seconds < 60

@@ -1,0 +1,319 @@
+"""Run a grid of (script x variant x env x seed) as subprocesses, then plot it.
+
+    python tools/benchmark.py --preset smoke --workers 2          # < 10 minutes on 2 cores
+    python tools/benchmark.py --preset main --dry-run             # print the commands only
+    python tools/plot.py benchmarks/smoke                         # redraw curves.png and results.md
+
+Each run gets its own folder <out>/runs/<key>/ (passed as --run-dir) and its log <out>/logs/<key>.log. A run that
+exits 0 gets <out>/runs/<key>/result.json (command, wall time, the numbers it printed) and is skipped next time, so
+an interrupted or partly failed benchmark is resumed by running the same command again.
+"""
+
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Args:
+    preset: str
+    """which grid of runs to run: tiny, smoke, main or transfer (see PRESETS)"""
+    workers: int = os.cpu_count() or 1
+    """runs at the same time (one subprocess each)"""
+    out: Optional[str] = None
+    """output folder (default: benchmarks/<preset>)"""
+    llm_cache_dir: Optional[str] = None
+    """LLM answer cache passed to the LLM scripts (default: theirs, ~/.cache/minigrid-llm-ppo)"""
+    dry_run: bool = False
+    """print the commands and which runs are already done, run nothing"""
+
+
+# label -> (script, flags). The variant flags come last on the command line, after the per-run ones.
+VARIANTS = {
+    "baseline": ("ppo_baseline.py", []),
+    "policy+expert": ("ppo_llm_policy.py", ["--advisor", "expert"]),
+    "policy+llm": ("ppo_llm_policy.py", ["--advisor", "llm"]),
+    "policy+uniform": ("ppo_llm_policy.py", ["--advisor", "uniform"]),
+    "policy+random": ("ppo_llm_policy.py", ["--advisor", "random"]),
+    "explore+expert": ("ppo_llm_explore.py", ["--advisor", "expert"]),
+    "explore+llm": ("ppo_llm_explore.py", ["--advisor", "llm"]),
+    "explore+uniform": ("ppo_llm_explore.py", ["--advisor", "uniform"]),
+}
+CHECKPOINT = "{checkpoint}"  # replaced by the dependency's agent.pt once it has finished
+
+
+def short(env_id):
+    return env_id.replace("MiniGrid-", "").replace("BabyAI-", "").replace("-v0", "")
+
+
+def expert_ok(variant, env_id):
+    # The BabyAI bot only plans BabyAI levels; the scripts refuse --advisor expert elsewhere (exit 2).
+    return "expert" not in variant or env_id.startswith("BabyAI-")
+
+
+def train_runs(variants, env_id, seeds, frames, eval_every, eval_episodes, extra=()):
+    runs = []
+    for variant in variants:
+        if not expert_ok(variant, env_id):
+            continue
+        script, variant_flags = VARIANTS[variant]
+        for seed in seeds:
+            flags = ["--total-timesteps", str(frames), "--eval-every", str(eval_every),
+                     "--eval-episodes", str(eval_episodes), *extra, *variant_flags]
+            runs.append(dict(key=f"{short(env_id)}__{variant}__s{seed}", kind="train", script=script,
+                             variant=variant, env_id=env_id, seed=seed, flags=flags))
+    return runs
+
+
+def zeroshot_runs(advisers, env_id, episodes, seed=1, extra=()):
+    """The adviser itself as the policy, no training (ppo_llm_policy.py --llm-only)."""
+    runs = []
+    for adviser in advisers:
+        if not expert_ok(adviser, env_id):
+            continue
+        argmax = ["--eval-argmax"] if adviser == "expert" else []  # the bot's plan, as in the README's table
+        flags = ["--llm-only", "--advisor", adviser, "--eval-episodes", str(episodes), *argmax, *extra]
+        runs.append(dict(key=f"{short(env_id)}__zeroshot+{adviser}__s{seed}", kind="zeroshot", script="ppo_llm_policy.py",
+                         variant=f"zeroshot+{adviser}", env_id=env_id, seed=seed, flags=flags))
+    return runs
+
+
+def transfer_runs(variants, source, target, seeds, frames, fine_tune_frames, eval_every, eval_episodes, extra=()):
+    """Train on `source` with --save-model; then evaluate that checkpoint on `target` and fine-tune it there."""
+    runs = train_runs(variants, source, seeds, frames, eval_every, eval_episodes, ["--save-model", *extra])
+    for train in list(runs):
+        script, variant_flags = VARIANTS[train["variant"]]
+        name = f"{short(source)}-to-{short(target)}__{train['variant']}__s{train['seed']}"
+        common = dict(script=script, variant=train["variant"], env_id=target, source_env=source, seed=train["seed"],
+                      after=train["key"])
+        runs.append(common | dict(key=f"{name}__eval", kind="transfer-eval", flags=[
+            "--checkpoint", CHECKPOINT, "--eval-episodes", str(eval_episodes), *extra, *variant_flags]))
+        runs.append(common | dict(key=f"{name}__finetune", kind="transfer-finetune", flags=[
+            "--checkpoint", CHECKPOINT, "--fine-tune", "--total-timesteps", str(fine_tune_frames), "--eval-every",
+            str(eval_every), "--eval-episodes", str(eval_episodes), *extra, *variant_flags]))
+    return runs
+
+
+GUIDED = ["baseline", "policy+expert", "policy+llm", "policy+uniform", "explore+expert", "explore+llm"]
+# 8 envs x 32 steps = 256 frames per update: more updates (and eval points) out of the tiny preset's 2048 frames.
+TINY = ["--num-envs", "8", "--num-minibatches", "2", "--update-epochs", "2"]
+PRESETS = {
+    # For the test: about a minute on 2 cores, every kind of run once.
+    "tiny": [
+        *transfer_runs(["baseline"], "MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0", [1], 2048, 1024, 4, 3, TINY),
+        *train_runs(["policy+llm"], "MiniGrid-DoorKey-5x5-v0", [1], 2048, 4, 3, TINY),
+        *zeroshot_runs(["llm"], "MiniGrid-DoorKey-5x5-v0", 2, extra=["--num-envs", "2"]),
+    ],
+    # Under 10 minutes on 2 cores with --workers 2 (DoorKey-5x5 gets no expert: the bot plays BabyAI levels only).
+    # 30k frames: about where the baseline first solves DoorKey-5x5 (README: 18-25k frames), so differences show.
+    "smoke": [
+        *train_runs(GUIDED, "MiniGrid-DoorKey-5x5-v0", [1, 2], 30_720, 10, 16),
+        *train_runs(GUIDED, "BabyAI-GoToObj-v0", [1, 2], 30_720, 10, 16),
+        *zeroshot_runs(["llm", "uniform", "expert"], "MiniGrid-DoorKey-5x5-v0", 16),
+        *zeroshot_runs(["llm", "uniform", "expert"], "BabyAI-GoToObj-v0", 16),
+    ],
+    # The README's results grid (~50 minutes on 2 cores with --workers 2). The actor alone is evaluated on 32 episodes
+    # every 5-10k frames for the curves, and at the end.
+    "main": [
+        *train_runs(GUIDED, "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 60_000, 10, 32),
+        *train_runs(GUIDED, "BabyAI-GoToObj-v0", [1, 2, 3], 40_000, 5, 32),
+        *train_runs(GUIDED, "BabyAI-KeyCorridorS3R1-v0", [1, 2, 3], 100_000, 20, 32),
+        *[run for env_id in ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToObj-v0", "BabyAI-KeyCorridorS3R1-v0"]
+          for run in zeroshot_runs(["llm", "uniform", "expert"], env_id, 50)],
+    ],
+    # Does what was learnt carry over to a related level? Zero-shot, then after fine-tuning. (DoorKey: no expert.)
+    "transfer": [
+        *transfer_runs(["baseline", "policy+expert", "policy+llm"], "MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0",
+                       [1, 2, 3], 80_000, 100_000, 20, 100),
+        *transfer_runs(["baseline", "policy+expert", "policy+llm"], "BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0",
+                       [1, 2, 3], 150_000, 100_000, 20, 100),
+    ],
+}
+
+
+def command(run, out, args):
+    script = os.path.join(ROOT, run["script"])
+    flags = ["--env-id", run["env_id"], "--seed", str(run["seed"]), "--run-dir", os.path.join(out, "runs", run["key"]),
+             "--torch-threads", "1", *run["flags"]]
+    if run["script"] != "ppo_baseline.py":
+        if args.llm_cache_dir:
+            flags += ["--llm-cache-dir", args.llm_cache_dir]
+        if args.workers > 1:  # llama.cpp defaults to all cores: with other runs beside it, that is ~10x slower
+            flags += ["--llm-n-threads", "1"]
+    if run.get("after"):
+        found = glob.glob(os.path.join(out, "runs", run["after"], "*", "agent.pt"))
+        checkpoint = found[0] if found else os.path.join(out, "runs", run["after"], "*", "agent.pt")
+        flags = [checkpoint if flag == CHECKPOINT else flag for flag in flags]
+    return [sys.executable, script, *flags]
+
+
+def readable(argv):
+    """The command as one would type it in the repository root."""
+    return shlex.join(["python", os.path.relpath(argv[1], ROOT), *argv[2:]])
+
+
+def parse_output(text):
+    """The numbers a script prints: last progress line, final evaluation, the LLM adviser's summary."""
+    parsed = {}
+    progress = re.findall(r"frames (\d+) \| FPS (\d+) \| return ([\d.]+|n/a)", text)
+    if progress:
+        frames, fps, rolling = progress[-1]
+        parsed |= dict(frames=int(frames), fps=int(fps), rolling_return=None if rolling == "n/a" else float(rolling))
+    evals = re.findall(r"mean return ([-\d.na]+), success rate ([\d.na]+), mean length ([\d.na]+) over (\d+) episodes", text)
+    if evals:
+        mean_return, success, length, episodes = evals[-1]
+        parsed |= dict(eval_return=float(mean_return), eval_success=float(success), eval_length=float(length),
+                       eval_episodes=int(episodes))
+    adviser = re.search(r"^LLM adviser .*$", text, re.M)
+    if adviser:
+        line = parsed["llm_summary"] = adviser.group(0)
+        for name, pattern in [("llm_queries", r"(\d+) queries"), ("llm_uncached", r"(\d+) uncached"),
+                              ("cache_hit_rate", r"cache hit rate ([\d.]+)"), ("ms_per_uncached_query", r"(\d+) ms per"),
+                              ("llm_fallbacks", r"(\d+) fallbacks"),
+                              ("agreed_with_expert", r"agreed with the expert ([\d.]+)")]:
+            if match := re.search(pattern, line):
+                parsed[name] = float(match.group(1))
+    return parsed
+
+
+def result_path(out, key):
+    return os.path.join(out, "runs", key, "result.json")
+
+
+def last_line(path):
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def launch(run, out, args):
+    run_dir = os.path.join(out, "runs", run["key"])
+    shutil.rmtree(run_dir, ignore_errors=True)  # a half-finished earlier attempt would add a second event file
+    os.makedirs(run_dir)
+    argv = command(run, out, args)
+    log = open(os.path.join(out, "logs", f"{run['key']}.log"), "w")
+    log.write(readable(argv) + "\n\n")
+    log.flush()
+    # Threads for numpy/BLAS too, so that `workers` runs really use `workers` cores.
+    env = os.environ | ({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if args.workers > 1 else {})
+    # Own session: a Ctrl-C in the terminal reaches only this runner, which forwards exactly one SIGINT (a second
+    # SIGINT would make a script stop at once, without saving its checkpoint).
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+    return dict(run=run, proc=proc, log=log, argv=argv, start=time.time())
+
+
+def stop(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM too: the runs have their own sessions and would otherwise go on alone
+
+
+def finish(job, out):
+    """Close the log; on success write result.json. Returns the return code."""
+    job["log"].close()
+    run, rc = job["run"], job["proc"].returncode
+    if rc == 0:
+        with open(job["log"].name) as f:
+            parsed = parse_output(f.read())
+        result = {k: v for k, v in run.items() if k != "flags"} | dict(
+            command=readable(job["argv"]), returncode=rc, wall_seconds=round(time.time() - job["start"], 1), **parsed)
+        with open(result_path(out, run["key"]), "w") as f:
+            json.dump(result, f, indent=2)
+    return rc
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.preset not in PRESETS:
+        sys.exit(f"error: unknown --preset '{args.preset}': choose one of {', '.join(PRESETS)}")
+    out_arg = args.out or os.path.join("benchmarks", args.preset)
+    out = os.path.abspath(out_arg)
+    runs = PRESETS[args.preset]
+    keys = {run["key"] for run in runs}
+    assert len(keys) == len(runs), "duplicate run keys in the preset"
+    assert all(run.get("after") in keys for run in runs if run.get("after")), "a dependency is missing from the preset"
+    done = [run for run in runs if os.path.exists(result_path(out, run["key"]))]
+    pending = [run for run in runs if run not in done]
+    rerun = f"python tools/benchmark.py --preset {args.preset} --out {shlex.quote(out_arg)} --workers {args.workers}"
+    rerun += f" --llm-cache-dir {shlex.quote(args.llm_cache_dir)}" if args.llm_cache_dir else ""
+    print(f"preset {args.preset}: {len(runs)} runs, skipping {len(done)} finished (result.json present), "
+          f"{len(pending)} to run with {args.workers} workers; output in {out_arg}", flush=True)
+    if args.dry_run:
+        for run in runs:
+            state = "done" if run in done else ("after " + run["after"] if run.get("after") else "todo")
+            print(f"[{state}] {run['key']}\n    {readable(command(run, out, args))}")
+        sys.exit(0)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+
+    total, finished, failed, running = len(pending), 0, {}, {}
+    start = time.time()
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while pending or running:
+            for run in list(pending):  # start what may start: a free worker, and any dependency finished
+                after = run.get("after")
+                if after in failed:
+                    pending.remove(run)
+                    failed[run["key"]] = f"not run: {after} failed"
+                    finished += 1
+                    print(f"[{finished}/{total}] {run['key']}  not run ({after} failed)", flush=True)
+                elif len(running) < args.workers and (not after or os.path.exists(result_path(out, after))):
+                    pending.remove(run)
+                    running[run["key"]] = launch(run, out, args)
+            for key, job in list(running.items()):
+                if job["proc"].poll() is None:
+                    continue
+                del running[key]
+                rc, finished = finish(job, out), finished + 1
+                if rc != 0:
+                    failed[key] = job["log"].name
+                elapsed = time.time() - start
+                eta = elapsed / finished * (total - finished)
+                note = f"  FAILED: {last_line(job['log'].name)[:200]}\n    log: {job['log'].name}" if rc else ""
+                print(f"[{finished}/{total}] {key}  rc {rc}  {time.time() - job['start']:.0f}s  (ETA {hms(eta)}){note}",
+                      flush=True)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print(f"\nCtrl-C: stopping {len(running)} running runs (each saves a checkpoint; Ctrl-C again kills them)",
+              flush=True)
+        for job in running.values():
+            job["proc"].send_signal(signal.SIGINT)
+        try:
+            for job in running.values():
+                job["proc"].wait(timeout=120)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            for job in running.values():
+                job["proc"].kill()
+                job["proc"].wait()
+        for key, job in running.items():
+            print(f"    {key}: rc {finish(job, out)}, log {job['log'].name}")
+        print(f"finished runs are kept; resume with:\n    {rerun}", flush=True)
+        sys.exit(130)
+
+    print(f"ran {total} runs in {hms(time.time() - start)}; {len(failed)} failed", flush=True)
+    from plot import make_report  # tools/ is on sys.path: this file runs as a script from there
+
+    print(make_report(out))
+    print(f"curves and table: {os.path.join(out_arg, 'curves.png')}, {os.path.join(out_arg, 'results.md')}")
+    print(f"regenerate: {rerun}   (finished runs are skipped)\n    plots only: python tools/plot.py {shlex.quote(out_arg)}")
+    if failed:
+        print("failed runs (rerun the same command to retry them):")
+        for key, where in failed.items():
+            print(f"    {key}: {where}")
+        sys.exit(1)
