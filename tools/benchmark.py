@@ -128,7 +128,7 @@ PRESETS = {
     # The README's results grid (~50 minutes on 2 cores with --workers 2). The actor alone is evaluated on 32 episodes
     # every 5-10k frames for the curves, and at the end.
     "main": [
-        *train_runs(GUIDED, "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 60_000, 10, 32),
+        *train_runs(GUIDED + ["policy+random"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 60_000, 10, 32),
         *train_runs(GUIDED, "BabyAI-GoToObj-v0", [1, 2, 3], 40_000, 5, 32),
         *train_runs(GUIDED, "BabyAI-KeyCorridorS3R1-v0", [1, 2, 3], 100_000, 20, 32),
         *[run for env_id in ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToObj-v0", "BabyAI-KeyCorridorS3R1-v0"]
