@@ -83,7 +83,7 @@ class Args:
     update_epochs: int = 4
     """the K epochs to update the policy"""
     norm_adv: bool = True
-    """toggles advantages normalization"""
+    """toggles advantages normalization (skipped for a rollout without any reward: see the update)"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
     clip_vloss: bool = True
@@ -553,6 +553,8 @@ if __name__ == "__main__":
                     advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
                 returns = advantages + values
 
+            rollout_had_reward = bool(rewards.any())
+
             # flatten the batch
             b_obs = obs.reshape((-1, OBS_SIZE))
             b_logprobs = logprobs.reshape(-1)
@@ -581,7 +583,10 @@ if __name__ == "__main__":
                         clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
 
                     mb_advantages = b_advantages[mb_inds]
-                    if args.norm_adv:
+                    # A rollout without a single reward has advantages made of value-function noise only. Scaled to
+                    # unit size, that noise drifts the policy until it may never find the reward (DoorKey-5x5: 2 of 3
+                    # seeds stuck at return 0 for 60k frames); left unscaled, it barely moves the policy.
+                    if args.norm_adv and rollout_had_reward:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
                     # Policy loss
