@@ -53,3 +53,35 @@ def test_tiny_preset_runs_plots_and_resumes(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"skipping {len(runs)} finished" in second.stdout and "0 to run" in second.stdout
     assert "rc 0" not in second.stdout and seconds < 60
+
+
+def test_study_tiny_preset_writes_accuracy_plot_and_table(tmp_path):
+    """The accuracy study (issue 8) end to end on its tiny preset: noisy-expert advisers at two accuracies through
+    both mechanisms and the baseline, then accuracy.png and study.md."""
+    runs = benchmark.PRESETS["study-tiny"]
+    assert {run["variant"] for run in runs} == {"baseline", "policy+noisy1.0", "policy+noisy0.25", "explore+noisy1.0",
+                                                 "explore+noisy0.25"}
+    command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "study-tiny", "--workers", "2",
+               "--out", str(tmp_path), "--llm-cache-dir", str(tmp_path / "cache")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    for run in runs:
+        with open(tmp_path / "runs" / run["key"] / "result.json") as f:
+            saved = json.load(f)
+        assert 0.0 <= saved["eval_return"] <= 1.0
+        if run["variant"] != "baseline":  # what plot.py reads, and the adviser's own count of agreement
+            assert saved["mechanism"] in ("policy", "explore") and saved["advice_accuracy"] in (1.0, 0.25)
+            assert 0.0 <= saved["agreed_with_expert"] <= 1.0
+
+    png = tmp_path / "accuracy.png"
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == PNG_SIGNATURE
+    study = (tmp_path / "study.md").read_text()
+    header = next(line for line in study.splitlines() if line.startswith("| advice accuracy p |"))
+    for mechanism in ["policy", "explore"]:
+        for column in ["frames to ≥ 0.9", "ratio to baseline", "final return", "measured agreement"]:
+            assert f"{mechanism}: {column}" in header
+        assert f"- **{mechanism}**: " in study  # its break-even statement
+    assert "| 1 |" in study and "| 0.25 |" in study and "## BabyAI-GoToObj-v0: threshold 0.9" in study
+    assert "SmolLM2-135M 0.29 (measured on BabyAI-GoToLocal-v0)" in study
+    assert "accuracy.png" in (tmp_path / "results.md").read_text()
