@@ -40,6 +40,8 @@ class Args:
     """LLM answer cache passed to the LLM scripts (default: theirs, ~/.cache/minigrid-llm-ppo)"""
     dry_run: bool = False
     """print the commands and which runs are already done, run nothing"""
+    only: Optional[str] = None
+    """run only the preset's runs whose key contains this text (e.g. GoToObj); the rest can be run later"""
 
 
 # label -> (script, flags). The variant flags come last on the command line, after the per-run ones.
@@ -169,9 +171,9 @@ PRESETS = {
     # The README's results grid (~50 minutes on 2 cores with --workers 2). The actor alone is evaluated on 32 episodes
     # every 5-10k frames for the curves, and at the end.
     "main": [
-        *train_runs(GUIDED + ["policy+random"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 60_000, 10, 32),
-        *train_runs(GUIDED, "BabyAI-GoToObj-v0", [1, 2, 3], 40_000, 5, 32),
-        *train_runs(GUIDED, "BabyAI-KeyCorridorS3R1-v0", [1, 2, 3], 100_000, 20, 32),
+        *train_runs(GUIDED + ["policy+random", "explore+uniform"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 60_000, 10, 32),
+        *train_runs(GUIDED + ["explore+uniform"], "BabyAI-GoToObj-v0", [1, 2, 3], 40_000, 5, 32),
+        *train_runs(GUIDED + ["explore+uniform"], "BabyAI-KeyCorridorS3R1-v0", [1, 2, 3], 100_000, 20, 32),
         *[run for env_id in ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToObj-v0", "BabyAI-KeyCorridorS3R1-v0"]
           for run in zeroshot_runs(["llm", "uniform", "expert"], env_id, 50)],
     ],
@@ -308,10 +310,15 @@ if __name__ == "__main__":
     keys = {run["key"] for run in runs}
     assert len(keys) == len(runs), "duplicate run keys in the preset"
     assert all(run.get("after") in keys for run in runs if run.get("after")), "a dependency is missing from the preset"
+    if args.only:
+        runs = [run for run in runs if args.only in run["key"] or args.only in run.get("after", "")]
+        if not runs:
+            sys.exit(f"error: no run of preset {args.preset} has '{args.only}' in its key (see --dry-run)")
     done = [run for run in runs if os.path.exists(result_path(out, run["key"]))]
     pending = [run for run in runs if run not in done]
     rerun = f"python tools/benchmark.py --preset {args.preset} --out {shlex.quote(out_arg)} --workers {args.workers}"
     rerun += f" --llm-cache-dir {shlex.quote(args.llm_cache_dir)}" if args.llm_cache_dir else ""
+    rerun += f" --only {shlex.quote(args.only)}" if args.only else ""
     print(f"preset {args.preset}: {len(runs)} runs, skipping {len(done)} finished (result.json present), "
           f"{len(pending)} to run with {args.workers} workers; output in {out_arg}", flush=True)
     if args.dry_run:
