@@ -184,6 +184,13 @@ PRESETS = {
         *transfer_runs(["baseline", "policy+expert", "policy+llm"], "BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0",
                        [1, 2, 3], 150_000, 100_000, 20, 100),
     ],
+    # A first, smaller transfer study (~10 minutes on 2 cores): 2 seeds, shorter budgets, the variants that apply.
+    "transfer-small": [
+        *transfer_runs(["baseline", "policy+llm", "explore+llm"], "MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0",
+                       [1, 2], 60_000, 100_000, 20, 32),
+        *transfer_runs(["baseline", "policy+expert"], "BabyAI-GoToObj-v0", "BabyAI-GoToLocal-v0",
+                       [1, 2], 40_000, 60_000, 20, 32),
+    ],
     # Issue 8, how good must the LLM be to help? (see study_runs): p in STUDY_ACCURACIES and uniform x {policy, explore}
     # x 3 seeds, and the baseline, on two levels: 78 runs. The actor alone is evaluated on 32 episodes every 5 updates
     # (2,560 frames) for frames to threshold; tools/plot.py then also writes accuracy.png and study.md.
