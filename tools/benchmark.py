@@ -110,7 +110,8 @@ def transfer_runs(variants, source, target, seeds, frames, fine_tune_frames, eva
     return runs
 
 
-def study_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, extra=(), uniform=True):
+def study_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, extra=(), uniform=True,
+               distill_coef="1.0", explore=True):
     """Issue 8, "how good must the LLM be to help?": the noisy expert (the BabyAI bot's action with probability p,
     else a uniformly chosen wrong allowed action, 0.8 of the probability on the advised action) at each accuracy p,
     plus the uniform adviser, through both mechanisms; and the baseline. Labels carry p ('policy+noisy0.6',
@@ -131,8 +132,10 @@ def study_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, ext
       against the same model markers. No real LLM's subgoal-ranking accuracy has been measured yet.
     The uniform adviser has no unique top action, so in action mode it never pays: explore+uniform is the explore
     script without a bonus, a control that should match the baseline (not verified to be bit-identical)."""
-    mechanisms = {"policy": ("ppo_llm_policy.py", ["--distill-coef", "1.0"]),
+    mechanisms = {"policy": ("ppo_llm_policy.py", ["--distill-coef", distill_coef]),
                   "explore": ("ppo_llm_explore.py", ["--bonus-mode", "action", "--bonus-coef", "0.01"])}
+    if not explore:
+        del mechanisms["explore"]
     advisers = [(f"noisy{p}", p, ["--advisor", "noisy-expert", "--advice-accuracy", str(p)]) for p in accuracies]
     if uniform:
         advisers.append(("uniform", "uniform", ["--advisor", "uniform"]))
@@ -208,6 +211,9 @@ PRESETS = {
         *study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32),
         *study_runs("BabyAI-GoToLocal-v0", STUDY_ACCURACIES, [1, 2, 3], 100_000, 5, 32),
     ],
+    # The policy line again with --distill-coef 0.1: at 1.0 a 40-60%-accurate adviser ruined the actor (README).
+    "study-distill0.1": study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32,
+                                   distill_coef="0.1", explore=False),
     # For the test: 2 accuracies x 2 mechanisms + the baseline, 1 seed, 1,024 frames (under a minute on 2 cores).
     "study-tiny": study_runs("BabyAI-GoToObj-v0", [1.0, 0.25], [1], 1024, 1, 4, TINY, uniform=False),
 }
