@@ -793,6 +793,12 @@ class UniformAdvisor:
         return np.full(len(candidate_texts), 1.0 / max(len(candidate_texts), 1), dtype=np.float32)
 
 
+def hashed_rng(*parts) -> np.random.Generator:
+    """A generator seeded by the text of `parts`: the same situation always gets the same draw, like a cached LLM."""
+    digest = hashlib.sha256("\n".join(str(part) for part in parts).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
 class RandomAdvisor:
     """A consistent but useless adviser: a random distribution per observation text (seeded by its hash)."""
 
@@ -802,8 +808,7 @@ class RandomAdvisor:
     def action_probs(self, obs_texts: list[str], expert_actions=None, cached_only: bool = False) -> np.ndarray:
         probs = np.empty((len(obs_texts), NUM_ACTIONS), dtype=np.float32)
         for row, obs_text in enumerate(obs_texts):
-            digest = hashlib.sha256(f"{self.seed}\n{obs_text}".encode()).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            rng = hashed_rng(self.seed, obs_text)
             row_probs = np.zeros(NUM_ACTIONS)
             row_probs[self.actions] = rng.dirichlet(np.ones(len(self.actions)))
             probs[row] = finalize_probs(row_probs)
@@ -816,8 +821,7 @@ class RandomAdvisor:
         if len(candidate_texts) <= 1:
             return np.ones(len(candidate_texts), dtype=np.float32)
         self.stats["queries"] += 1
-        digest = hashlib.sha256(f"{self.seed}\n{subgoal_query(obs_text, candidate_texts)}".encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        rng = hashed_rng(self.seed, subgoal_query(obs_text, candidate_texts))
         return rng.dirichlet(np.ones(len(candidate_texts))).astype(np.float32)
 
 
@@ -842,10 +846,6 @@ class NoisyExpertAdvisor:
         self.actions, self.stats = check_actions(actions), new_stats()
         self.stats["agreed"] = 0  # how often the advice was the expert's action (the empirical accuracy)
 
-    def rng(self, *parts) -> np.random.Generator:
-        digest = hashlib.sha256("\n".join(str(part) for part in (self.seed, *parts)).encode()).digest()
-        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
     def peaked(self, top: int, n: int) -> np.ndarray:
         """`confidence` on index `top`, the rest spread evenly over the other n - 1."""
         if n == 1:
@@ -865,7 +865,7 @@ class NoisyExpertAdvisor:
                 probs[row] = finalize_probs(uniform_probs(self.actions))
                 continue
             choices = sorted(set(self.actions) | {int(expert_action)})
-            rng = self.rng(obs_text, expert_action)
+            rng = hashed_rng(self.seed, obs_text, expert_action)
             wrong = [a for a in choices if a != expert_action]
             advised = expert_action if rng.random() < self.accuracy or not wrong else wrong[rng.integers(len(wrong))]
             self.stats["agreed"] += int(advised == expert_action)
@@ -884,7 +884,7 @@ class NoisyExpertAdvisor:
             return np.zeros(0, dtype=np.float32)
         self.stats["queries"] += 1
         planned = [candidate_texts.index(text) for text in (expert_plan or ()) if text in candidate_texts]
-        rng = self.rng(subgoal_query(obs_text, candidate_texts), planned[:1])
+        rng = hashed_rng(self.seed, subgoal_query(obs_text, candidate_texts), planned[:1])
         right = rng.random() < self.accuracy
         self.stats["agreed"] += int(right)
         if planned and (right or n == 1):

@@ -8,8 +8,7 @@ Flags for the scripts go in one --script-args=... (with "=", since they start wi
 
 Raw speed: one bare env (gym.make, no wrappers) stepped with random actions on one core, measured before and after
 the training runs (their mean is the reference, so drift on a busy machine shows up as a spread). Also printed: the
-same env as a 16-env SyncVectorEnv with random actions, i.e. the environment cost the training loop cannot avoid (16
-interleaved envs run slower per step than one, through cache misses, not through the vector wrapper's own work); the
+same env as a 16-env SyncVectorEnv with random actions, i.e. the environment cost the training loop cannot avoid; the
 rest of a training frame is the agent. Training FPS: each script's own main loop, run in this process with runpy,
 read from the FPS it prints at the end.
 """
