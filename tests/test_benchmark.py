@@ -54,6 +54,19 @@ def test_tiny_preset_runs_plots_and_resumes(tmp_path):
     assert f"skipping {len(runs)} finished" in second.stdout and "0 to run" in second.stdout
     assert "rc 0" not in second.stdout and seconds < 60
 
+    # A result made with other flags than the preset's (the preset was changed since) is stale: it would run again.
+    stale = next(run for run in runs if run["kind"] == "train")
+    path = tmp_path / "runs" / stale["key"] / "result.json"
+    result = json.loads(path.read_text())
+    assert "--total-timesteps 2048" in result["command"]
+    result["command"] = result["command"].replace("--total-timesteps 2048", "--total-timesteps 4096")
+    path.write_text(json.dumps(result))
+    dry = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny",
+                          "--out", str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert f"skipping {len(runs) - 1} finished" in dry.stdout and "1 result(s) made with other flags" in dry.stdout
+    assert f"[todo] {stale['key']}" in dry.stdout
+
 
 def test_study_tiny_preset_writes_accuracy_plot_and_table(tmp_path):
     """The accuracy study (issue 8) end to end on its tiny preset: noisy-expert advisers at two accuracies through

@@ -111,16 +111,16 @@ def transfer_runs(variants, source, target, seeds, frames, fine_tune_frames, eva
 
 
 def study_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, extra=(), uniform=True,
-               distill_coef="1.0", explore=True):
+               distill_coef="0.1", explore=True):
     """Issue 8, "how good must the LLM be to help?": the noisy expert (the BabyAI bot's action with probability p,
     else a uniformly chosen wrong allowed action, 0.8 of the probability on the advised action) at each accuracy p,
     plus the uniform adviser, through both mechanisms; and the baseline. Labels carry p ('policy+noisy0.6',
     'explore+uniform'), and result.json gets `mechanism` and `advice_accuracy` (a float, or "uniform"), which
     tools/plot.py reads for accuracy.png and study.md.
 
-    Policy guidance uses --distill-coef 1.0 for every adviser, uniform included: the setting of the README's
-    guidance result (expert advice, 2-4x fewer frames to 0.9 on GoToObj), at the scripts' default --llm-coef 0.5 and
-    --llm-anneal-frac 0.25. With distillation the uniform adviser is not the baseline any more (the KL to a uniform
+    Policy guidance uses --distill-coef 0.1 for every adviser, uniform included, at the scripts' default --llm-coef 0.5
+    and --llm-anneal-frac 0.25. At 1.0 (the README's first guidance result, preset study-distill1.0) a 40-60%-accurate
+    adviser ruined the actor. With distillation the uniform adviser is not quite the baseline (the KL to a uniform
     prior is an early entropy bonus on the actor): it is the same mechanism with advice that carries no information.
 
     The exploration bonus uses --bonus-mode action --bonus-coef 0.01 (the adviser's top action, when taken, pays
@@ -177,7 +177,9 @@ PRESETS = {
         *train_runs(GUIDED + ["policy+random", "explore+uniform"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 60_000, 10, 32),
         *train_runs(GUIDED + ["explore+uniform"], "BabyAI-GoToObj-v0", [1, 2, 3], 40_000, 5, 32),
         *train_runs(GUIDED + ["explore+uniform"], "BabyAI-KeyCorridorS3R1-v0", [1, 2, 3], 100_000, 20, 32),
-        *[run for env_id in ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToObj-v0", "BabyAI-KeyCorridorS3R1-v0"]
+        *train_runs(GUIDED + ["explore+uniform"], "BabyAI-UnlockLocal-v0", [1, 2, 3], 100_000, 20, 32),
+        *[run for env_id in ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToObj-v0", "BabyAI-KeyCorridorS3R1-v0",
+                             "BabyAI-UnlockLocal-v0"]
           for run in zeroshot_runs(["llm", "uniform", "expert"], env_id, 50)],
     ],
     # Does what was learnt carry over to a related level? Zero-shot, then after fine-tuning. (DoorKey: no expert.)
@@ -202,18 +204,15 @@ PRESETS = {
     #   (rolling return ~0.4 by 25k frames, then a 0.4-0.54 plateau to 500k: this memoryless actor cannot reach 0.9
     #   there, so plot.py measures frames to 0.4 on it, STUDY_THRESHOLDS) and SmolLM2's measured agreement with the
     #   bot on this very level (29%), and it has GoToObj's three allowed actions.
-    # Wall time with --workers 2 on the 2-core dev machine: about 75 minutes (estimate, 1-1.5 h). From the main preset's
-    # GoToObj runs at 40k frames with 2 workers: baseline 25 s, policy+expert 56-75 s (the BabyAI bot's replanning
-    # costs ~0.5 ms per step); so ~65 s per noisy-expert run (both mechanisms run the bot), ~30 s per uniform one
-    # (no bot) and ~2.5x that on GoToLocal (100k frames, and its evaluations are longer): 2,200 s + 6,500 s of runs
-    # on 2 workers.
+    # Wall time with --workers 2 on the 2-core dev machine: 61 minutes (GoToObj half 14 min; GoToLocal half 47 min,
+    # while other runs shared the cores part of the time).
     "study": [
         *study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32),
         *study_runs("BabyAI-GoToLocal-v0", STUDY_ACCURACIES, [1, 2, 3], 100_000, 5, 32),
     ],
-    # The policy line again with --distill-coef 0.1: at 1.0 a 40-60%-accurate adviser ruined the actor (README).
-    "study-distill0.1": study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32,
-                                   distill_coef="0.1", explore=False),
+    # The policy line as first run, at --distill-coef 1.0: a 40-60%-accurate adviser ruined the actor (README).
+    "study-distill1.0": study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32,
+                                   distill_coef="1.0", explore=False),
     # For the test: 2 accuracies x 2 mechanisms + the baseline, 1 seed, 1,024 frames (under a minute on 2 cores).
     "study-tiny": study_runs("BabyAI-GoToObj-v0", [1.0, 0.25], [1], 1024, 1, 4, TINY, uniform=False),
 }
@@ -266,6 +265,23 @@ def parse_output(text):
 
 def result_path(out, key):
     return os.path.join(out, "runs", key, "result.json")
+
+
+def finished(run, out):
+    """A run is finished when its result.json exists and was made with the preset's current flags; a result from
+    other flags (the preset changed since) is stale and runs again."""
+    if not os.path.exists(result_path(out, run["key"])):
+        return False
+    with open(result_path(out, run["key"])) as f:
+        made_by = json.load(f)["command"]
+    segments, current = [], []  # the checkpoint placeholder became a path: compare the flags around it
+    for flag in run["flags"] + [CHECKPOINT]:
+        if flag == CHECKPOINT:
+            segments.append(" ".join(shlex.quote(f) for f in current))
+            current = []
+        else:
+            current.append(flag)
+    return all(segment in made_by for segment in segments)
 
 
 def last_line(path):
@@ -327,7 +343,11 @@ if __name__ == "__main__":
         runs = [run for run in runs if args.only in run["key"] or args.only in run.get("after", "")]
         if not runs:
             sys.exit(f"error: no run of preset {args.preset} has '{args.only}' in its key (see --dry-run)")
-    done = [run for run in runs if os.path.exists(result_path(out, run["key"]))]
+    done = [run for run in runs if finished(run, out)]
+    stale = [run["key"] for run in runs if run not in done and os.path.exists(result_path(out, run["key"]))]
+    if stale:
+        print(f"{len(stale)} result(s) made with other flags (the preset changed) and will run again: "
+              f"{', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}", flush=True)
     pending = [run for run in runs if run not in done]
     rerun = f"python tools/benchmark.py --preset {args.preset} --out {shlex.quote(out_arg)} --workers {args.workers}"
     rerun += f" --llm-cache-dir {shlex.quote(args.llm_cache_dir)}" if args.llm_cache_dir else ""

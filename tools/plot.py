@@ -9,8 +9,8 @@ writes <folder>/curves.png (one panel per env, one line per variant, mean ± std
 
 When the runs include noisy-expert variants (labels like policy+noisy0.6, explore+noisy0.6, and policy+uniform as the
 no-information point; the `study` preset of tools/benchmark.py), it also writes <folder>/accuracy.png (frames to
-threshold of the actor alone relative to the baseline, and its final return, against the adviser's accuracy, with
-real LLMs' measured accuracy as dashed lines) and <folder>/study.md (the table and the break-even accuracy):
+threshold of the actor alone relative to the baseline, and its late return (the mean of its last evaluations),
+against the adviser's accuracy, with real LLMs' measured accuracy as dashed lines) and <folder>/study.md (the table and the break-even accuracy):
 
     python tools/plot.py benchmarks/study --model-accuracy accuracy.json    # {"SmolLM2-135M": 0.29, ...}
 """
@@ -47,7 +47,7 @@ class Args:
     model_accuracy: Optional[str] = None
     """accuracy study: JSON file of real models' top-1 agreement with the BabyAI bot (tools/advice_eval.py), drawn as
     dashed lines in accuracy.png: {"SmolLM2-135M": 0.29} for every level, or {"BabyAI-GoToLocal-v0": {"name": 0.29}}
-    per level; default: MODEL_ACCURACY (the README's SmolLM2 numbers)"""
+    per level; default: MODEL_ACCURACY (the README's SmolLM2 and Gemma-3 numbers)"""
     study_threshold: tuple[str, ...] = ()
     """accuracy study: per-level thresholds as ENV=VALUE (e.g. BabyAI-GoToLocal-v0=0.5), over STUDY_THRESHOLDS;
     levels not named there use --threshold"""
@@ -227,10 +227,10 @@ STUDY_THRESHOLDS = {"BabyAI-GoToLocal-v0": 0.4}
 # Real models' top-1 agreement with the BabyAI bot: the README's "Advisers" table (tools/advice_eval.py,
 # SmolLM2-135M-Instruct Q4_1, 100 states per level from bot-led rollouts with 20% random actions).
 MODEL_ACCURACY = {
-    "BabyAI-GoToLocal-v0": {"SmolLM2-135M": 0.29},
-    "BabyAI-PickupLoc-v0": {"SmolLM2-135M": 0.18},
-    "BabyAI-UnlockLocal-v0": {"SmolLM2-135M": 0.06},
-    "BabyAI-OpenDoor-v0": {"SmolLM2-135M": 0.22},
+    "BabyAI-GoToLocal-v0": {"SmolLM2-135M": 0.29, "Gemma-3-270M": 0.29},
+    "BabyAI-PickupLoc-v0": {"SmolLM2-135M": 0.18, "Gemma-3-270M": 0.18},
+    "BabyAI-UnlockLocal-v0": {"SmolLM2-135M": 0.06, "Gemma-3-270M": 0.16},
+    "BabyAI-OpenDoor-v0": {"SmolLM2-135M": 0.18, "Gemma-3-270M": 0.18},
 }
 # Levels without a measurement borrow the closest measured one (same allowed actions, same kind of mission); the
 # plot and study.md name the level a number comes from.
@@ -290,6 +290,16 @@ def frames_to(run, tag, threshold):
     return (frames, True) if frames is not None else (run_budget(run, tag), False)
 
 
+LATE_FRACTION = 0.2  # "late return": the mean of the evaluations in the last 20% of a run's frames
+
+
+def late_return(run, tag, budget):
+    """Mean of the run's evaluations after (1 - LATE_FRACTION) of the budget: several evaluations together, so less
+    noisy than the final one alone (32 episodes of a level that is solved half the time: ±0.08)."""
+    values = [value for step, value in run["scalars"].get(tag, []) if step >= (1 - LATE_FRACTION) * budget]
+    return float(np.mean(values)) if values else None
+
+
 def study_data(train, tags, thresholds):
     """Per level: threshold, baseline numbers and one entry per (mechanism, accuracy) with per-seed values."""
     data = {}
@@ -301,14 +311,17 @@ def study_data(train, tags, thresholds):
         baseline = [run for run in train if run["env_id"] == env and run["variant"] == "baseline"]
         base = [frames_to(run, tag, threshold) for run in baseline]
         base_mean = float(np.mean([frames for frames, _ in base])) if base else None
+        late = [late_return(run, tag, budgets[env]) for run in baseline]
         entry = dict(tag=tag, threshold=threshold, base_mean=base_mean, base=base,
                      base_returns=[r["eval_return"] for r in baseline if r.get("eval_return") is not None],
-                     budget=max(budgets[env], 1), points={})
+                     base_late=[value for value in late if value is not None], budget=max(budgets[env], 1), points={})
         for run in train:
             info = study_info(run) if run["env_id"] == env else None
             if info is None:
                 continue
-            point = entry["points"].setdefault(info, dict(frames=[], reached=[], returns=[], agreement=[]))
+            point = entry["points"].setdefault(info, dict(frames=[], reached=[], returns=[], late=[], agreement=[]))
+            if (late := late_return(run, tag, budgets[env])) is not None:
+                point["late"].append(late)
             frames, reached = frames_to(run, tag, threshold)
             point["frames"].append(frames)
             point["reached"].append(reached)
@@ -326,6 +339,21 @@ def sorted_points(entry, mechanism):
     """[(accuracy, point)] of one mechanism, uniform first, then by accuracy."""
     points = [(accuracy, point) for (mech, accuracy), point in entry["points"].items() if mech == mechanism]
     return sorted(points, key=lambda item: accuracy_x(item[0]))
+
+
+def worst_case(entry, mechanism):
+    """One sentence: the adviser accuracy whose actor ended furthest below the baseline, and whether that breaks the
+    5% rule."""
+    if not entry["base_late"]:
+        return f"**{mechanism}**: no baseline late return to compare with."
+    base = np.mean(entry["base_late"])
+    points = [(p, np.mean(point["late"]), np.std(point["late"])) for p, point in sorted_points(entry, mechanism)
+              if point["late"]]
+    p, late, std = min(points, key=lambda item: item[1])
+    name = "uniform" if p == "uniform" else f"p = {p:g}"
+    verdict = "within 5%" if late >= 0.95 * base else "**more than 5% below: a defect**"
+    return (f"**{mechanism}**: lowest at {name}: {late:.3f} ± {std:.3f} against the baseline's {base:.3f} ± "
+            f"{np.std(entry['base_late']):.3f} ({late / base - 1:+.1%}), {verdict}")
 
 
 def break_even(entry, mechanism):
@@ -371,7 +399,7 @@ def plot_accuracy(data, markers, path):
     for (ax_frames, ax_return), env in zip(axes, envs):
         entry = data[env]
         scale = entry["base_mean"] or 1000.0  # no baseline: plot frames (k) instead of the ratio
-        for ax, key in [(ax_frames, "frames"), (ax_return, "returns")]:
+        for ax, key in [(ax_frames, "frames"), (ax_return, "late")]:
             for offset, mechanism in [(-0.006, "policy"), (0.006, "explore")]:
                 (color, style), points = MECHANISM_STYLES[mechanism], sorted_points(entry, mechanism)
                 curve = []
@@ -401,25 +429,33 @@ def plot_accuracy(data, markers, path):
                     base = np.array([frames for frames, _ in entry["base"]]) / scale
                     ax.axhline(1.0, color="black", linewidth=1.2, label="baseline (mean, shaded ± std)")
                     ax.axhspan(1.0 - base.std(), 1.0 + base.std(), color="grey", alpha=0.15, linewidth=0)
-                ax.axhline(entry["budget"] / scale, color="grey", linestyle=":", linewidth=1)
-                ax.annotate("budget (△: threshold never reached)", (0.01, entry["budget"] / scale), fontsize=7,
-                            color="grey", xycoords=("axes fraction", "data"), xytext=(0, 3), textcoords="offset points")
-                ax.set_ylim(0, max(ax.get_ylim()[1], 1.1 * entry["budget"] / scale))  # room for the budget label
+                if not all(all(point["reached"]) for point in entry["points"].values()):  # else it only squashes
+                    ax.axhline(entry["budget"] / scale, color="grey", linestyle=":", linewidth=1)
+                    ax.annotate("budget (△: threshold never reached)", (0.01, entry["budget"] / scale), fontsize=7,
+                                color="grey", xycoords=("axes fraction", "data"), xytext=(0, 3),
+                                textcoords="offset points")
+                    ax.set_ylim(0, max(ax.get_ylim()[1], 1.1 * entry["budget"] / scale))  # room for the label
+                else:
+                    ax.set_ylim(0, max(ax.get_ylim()[1], 1.5))
                 ylabel = (f"frames to eval return ≥ {entry['threshold']:g}\n/ baseline mean "
                           f"({kframes(entry['base_mean'])})" if entry["base_mean"] else
                           f"frames (k) to eval return ≥ {entry['threshold']:g}")
                 ax.set(title=f"{env}: frames to threshold, actor alone", ylabel=ylabel)
             else:
-                if entry["base_returns"]:
-                    mean, std = np.mean(entry["base_returns"]), np.std(entry["base_returns"])
+                if entry["base_late"]:
+                    mean, std = np.mean(entry["base_late"]), np.std(entry["base_late"])
                     ax.axhline(mean, color="black", linewidth=1.2, label="baseline (mean, shaded ± std)")
                     ax.axhspan(mean - std, mean + std, color="grey", alpha=0.15, linewidth=0)
                 ax.set_ylim(-0.03, 1.03)
-                ax.set(title=f"{env}: final return, actor alone", ylabel="final eval return (no adviser)")
+                ax.set(title=f"{env}: late return, actor alone",
+                       ylabel=f"eval return (no adviser), mean over\nthe last {LATE_FRACTION:.0%} of training")
+            same_value = {}  # models at the same accuracy share one line and one label
             for name, value, source in markers(env):
+                same_value.setdefault((value, source), []).append(name)
+            for (value, source), names in same_value.items():
                 ax.axvline(value, color="tab:purple", linestyle="--", linewidth=1)
-                label = f"{name}: {value:.0%}" + (f" (measured on {short_env(source)})" if source and source != env
-                                                  else "")
+                label = f"{', '.join(names)}\n{value:.0%}" + (f" (measured on {short_env(source)})"
+                                                               if source and source != env else "")
                 ax.annotate(label, (value, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
                             color="tab:purple", xytext=(-2, 0), textcoords="offset points", ha="right", va="bottom")
             ticks = sorted({accuracy_x(p) for _, p in entry["points"]})
@@ -464,21 +500,24 @@ def study_markdown(data, markers, name):
           "Frames to threshold: the first periodic evaluation of the actor alone (no adviser) with mean return at or "
           "above the level's threshold; a run that never reached it counts at its budget, so the mean is then a "
           "lower bound (≥; reached/seeds in brackets). Ratio: frames over the baseline's mean (counted the same "
-          "way); < 1 means the adviser helped. Final return: the actor alone at the end of training. Measured "
-          "agreement: how often the advice given during training was the bot's action (the adviser's own count).",
-          ""]
+          "way); < 1 means the adviser helped. Final return: the actor alone at the end of training. Late return: "
+          f"the mean of its evaluations in the last {LATE_FRACTION:.0%} of the budget (less noisy than the final one "
+          "alone). Measured agreement: how often the advice given during training was the bot's action (the "
+          "adviser's own count).", ""]
     for env, entry in data.items():
         base = entry["base"]
         base_text = (f"baseline {kframes(entry['base_mean'])}"
                      + (f" ± {kframes(np.std([f for f, _ in base]))}" if len(base) > 1 else "")
                      + f" frames ({sum(r for _, r in base)}/{len(base)} reached)"
                      + (f", final return {mean_std(entry['base_returns'])}" if entry["base_returns"] else "")
+                     + (f", late return {mean_std(entry['base_late'])}" if entry["base_late"] else "")
                      if base else "no baseline runs: no ratios")
         md += [f"## {env}: threshold {entry['threshold']:g} ({TAG_SHORT.get(entry['tag'], entry['tag'])}), budget "
                f"{kframes(entry['budget'])} frames; {base_text}", ""]
         mechanisms = [m for m in ("policy", "explore") if sorted_points(entry, m)]
         header = ["advice accuracy p"] + [f"{m}: {col}" for m in mechanisms for col in (
-            f"frames to ≥ {entry['threshold']:g}", "ratio to baseline", "final return", "measured agreement")]
+            f"frames to ≥ {entry['threshold']:g}", "ratio to baseline", "final return", "late return",
+            "measured agreement")]
         md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         accuracies = sorted({p for _, p in entry["points"]}, key=lambda p: -accuracy_x(p))
         for p in accuracies:
@@ -486,14 +525,17 @@ def study_markdown(data, markers, name):
             for mechanism in mechanisms:
                 point = entry["points"].get((mechanism, p))
                 if point is None:
-                    cells += ["-"] * 4
+                    cells += ["-"] * 5
                     continue
-                cells += [frames_cell(point), ratio_cell(point), mean_std(point["returns"]),
+                cells += [frames_cell(point), ratio_cell(point), mean_std(point["returns"]), mean_std(point["late"]),
                           mean_of(point["agreement"], ".2f")]
             md.append("| " + " | ".join(cells) + " |")
         md += ["", "Break-even accuracy: the smallest tested p at which the mean frames-to-threshold ratio is below 1 "
                "(ratios with runs that never reached the threshold are lower bounds).", ""]
         md += [f"- {break_even(entry, mechanism)}" for mechanism in mechanisms]
+        md += ["", "A bad adviser must not leave the actor more than 5% below the baseline (late return, mean over "
+               "seeds):", ""]
+        md += [f"- {worst_case(entry, mechanism)}" for mechanism in mechanisms]
         models = markers(env)
         if models:
             md += ["", "Real models (dashed lines in accuracy.png): " + "; ".join(
@@ -550,7 +592,7 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
         plot_accuracy(data, lambda env: model_markers(table, env), os.path.join(folder, "accuracy.png"))
         with open(os.path.join(folder, "study.md"), "w") as f:
             f.write(study_markdown(data, lambda env: model_markers(table, env), name))
-        md += ["## Advice accuracy study", "", "Frames to threshold and final return against the adviser's accuracy, "
+        md += ["## Advice accuracy study", "", "Frames to threshold and late return against the adviser's accuracy, "
                "and the break-even accuracy: [study.md](study.md).", "", "![accuracy](accuracy.png)", ""]
     text = "\n".join(md)
     with open(os.path.join(folder, "results.md"), "w") as f:
