@@ -171,7 +171,7 @@ PRESETS = {
         *zeroshot_runs(["llm", "uniform", "expert"], "MiniGrid-DoorKey-5x5-v0", 16),
         *zeroshot_runs(["llm", "uniform", "expert"], "BabyAI-GoToObj-v0", 16),
     ],
-    # The README's results grid (~50 minutes on 2 cores with --workers 2). The actor alone is evaluated on 32 episodes
+    # The README's results grid (~62 minutes on 2 cores with --workers 2). The actor alone is evaluated on 32 episodes
     # every 5-10k frames for the curves, and at the end.
     "main": [
         *train_runs(GUIDED + ["policy+random", "explore+uniform"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 60_000, 10, 32),

@@ -471,6 +471,13 @@ def plot_accuracy(data, markers, path):
     plt.close(fig)
 
 
+def shown_path(folder):
+    """The folder as typed from the repository root when it is inside it (no machine-specific absolute path)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    relative = os.path.relpath(os.path.abspath(folder), root)
+    return folder if relative.startswith("..") else relative
+
+
 def short_env(env_id):
     return env_id.replace("MiniGrid-", "").replace("BabyAI-", "").replace("-v0", "")
 
@@ -568,7 +575,7 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
     tags = {env: curve_tag([r for r in train if r["env_id"] == env], tag) for env in {r["env_id"] for r in train}}
     name = os.path.basename(os.path.normpath(folder))
     md = [f"# Benchmark results: {name}", "",
-          f"{len(runs)} finished runs; regenerate with `python tools/plot.py {folder}`.", ""]
+          f"{len(runs)} finished runs; regenerate with `python tools/plot.py {shown_path(folder)}`.", ""]
     if train:
         plot_curves(train_groups, tags, threshold, os.path.join(folder, "curves.png"))
         md += [
