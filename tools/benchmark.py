@@ -210,6 +210,11 @@ PRESETS = {
         *study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32),
         *study_runs("BabyAI-GoToLocal-v0", STUDY_ACCURACIES, [1, 2, 3], 100_000, 5, 32),
     ],
+    # The study's lowest late returns on GoToLocal measured again, precisely: one final evaluation of 500 episodes (a
+    # 32-episode evaluation is ±0.08 there), no periodic ones, 3 other training runs per variant (the evaluations
+    # draw from the same random stream as training, so these are new samples, not the same runs re-measured).
+    "study-final-check": [run for run in study_runs("BabyAI-GoToLocal-v0", [0.6, 0.4], [1, 2, 3], 100_000, 0, 500)
+                          if run["variant"] in ("baseline", "policy+uniform", "policy+noisy0.6", "explore+noisy0.4")],
     # The policy line as first run, at --distill-coef 1.0: a 40-60%-accurate adviser ruined the actor (README).
     "study-distill1.0": study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32,
                                    distill_coef="1.0", explore=False),

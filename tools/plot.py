@@ -593,7 +593,8 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
         md += ["## Transfer: a checkpoint evaluated on another level, then fine-tuned there", "",
                "Zero-shot: the trained actor on the new level as is; after fine-tune: evaluated at the end of "
                "fine-tuning there (the same variant's script and adviser).", "", *transfer_table(transfer), ""]
-    if any(NOISY_VARIANT.fullmatch(run["variant"]) for run in train):
+    # The accuracy study needs periodic evaluations of the actor alone (frames to threshold, late return).
+    if any(NOISY_VARIANT.fullmatch(run["variant"]) and tags[run["env_id"]] == "eval/episodic_return" for run in train):
         table = load_model_accuracy(model_accuracy)
         data = study_data(train, tags, study_thresholds(train, threshold, thresholds))
         plot_accuracy(data, lambda env: model_markers(table, env), os.path.join(folder, "accuracy.png"))
