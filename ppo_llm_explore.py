@@ -248,8 +248,8 @@ class Agent(nn.Module):
         self.register_buffer("channel_offsets", torch.tensor([0, 16, 32]))
         self.image_conv = nn.Sequential(
             layer_init(nn.Conv2d(8, 16, 2)),
+            nn.MaxPool2d(2),  # before the ReLU: the same function (both are monotone) on a quarter of the values
             nn.ReLU(),
-            nn.MaxPool2d(2),
             layer_init(nn.Conv2d(16, 32, 2)),
             nn.ReLU(),
             nn.Flatten(),
@@ -502,8 +502,8 @@ if __name__ == "__main__":
                                 bonus_of[i].update(zip(candidates[i], weights))
                     llm_seconds += time.perf_counter() - llm_start
 
-                # ALGO LOGIC: action logic
-                with torch.no_grad():
+                # ALGO LOGIC: action logic (inference mode: no_grad without the autograd bookkeeping)
+                with torch.inference_mode():
                     action, logprob, _, value = agent.get_action_and_value(next_obs)
                     values[step] = value.flatten()
                 actions[step] = action

@@ -244,8 +244,8 @@ class Agent(nn.Module):
         self.register_buffer("channel_offsets", torch.tensor([0, 16, 32]))
         self.image_conv = nn.Sequential(
             layer_init(nn.Conv2d(8, 16, 2)),
+            nn.MaxPool2d(2),  # before the ReLU: the same function (both are monotone) on a quarter of the values
             nn.ReLU(),
-            nn.MaxPool2d(2),
             layer_init(nn.Conv2d(16, 32, 2)),
             nn.ReLU(),
             nn.Flatten(),
@@ -507,8 +507,8 @@ if __name__ == "__main__":
                     llm_seconds += time.perf_counter() - llm_start
                 llm_logprobs[step] = torch.as_tensor(np.log(advice), dtype=torch.float32).to(device)
 
-                # ALGO LOGIC: action logic
-                with torch.no_grad():
+                # ALGO LOGIC: action logic (inference mode: no_grad without the autograd bookkeeping)
+                with torch.inference_mode():
                     action, logprob, _, value, actor_logits = agent.get_action_and_value(next_obs, llm_logprobs[step], llm_coef)
                     values[step] = value.flatten()
                     agree_with_policy.append((actor_logits.argmax(1) == llm_logprobs[step].argmax(1)).float().mean().item())

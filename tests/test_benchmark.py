@@ -98,3 +98,18 @@ def test_study_tiny_preset_writes_accuracy_plot_and_table(tmp_path):
     assert "| 1 |" in study and "| 0.25 |" in study and "## BabyAI-GoToObj-v0: threshold 0.9" in study
     assert "SmolLM2-135M 0.29 (measured on BabyAI-GoToLocal-v0)" in study
     assert "accuracy.png" in (tmp_path / "results.md").read_text()
+
+
+def test_bench_fps_prints_a_ratio_per_run_and_a_median_per_script():
+    # A smoke test of the tool on a tiny budget: it checks what is printed, never how fast anything is.
+    command = [sys.executable, os.path.join(ROOT, "tools", "bench_fps.py"), "--raw-steps", "300",
+               "--total-timesteps", "512", "--repeats", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_rows = [line for line in result.stdout.splitlines() if line.startswith(("| 1 | ", "| 2 | "))]
+    assert len(run_rows) == 2 and all("ppo_baseline.py" in row for row in run_rows)
+    for row in run_rows:
+        fps, raw_around, ratio = row.split("|")[3:6]
+        assert int(fps) > 0 and float(raw_around) > 0 and 0 < int(ratio.strip().rstrip("%")) <= 1000
+    median_row = next(line for line in result.stdout.splitlines() if line.startswith("| ppo_baseline.py | 2 | "))
+    assert median_row.split("|")[4].strip().endswith("%")

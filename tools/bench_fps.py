@@ -6,11 +6,12 @@
 (the second policy run finds the first one's answers in the shared cache: cold-cache FPS, then warm-cache FPS).
 Flags for the scripts go in one --script-args=... (with "=", since they start with "--").
 
-Raw speed: one bare env (gym.make, no wrappers) stepped with random actions on one core, measured before and after
-the training runs (their mean is the reference, so drift on a busy machine shows up as a spread). Also printed: the
-same env as a 16-env SyncVectorEnv with random actions, i.e. the environment cost the training loop cannot avoid; the
-rest of a training frame is the agent. Training FPS: each script's own main loop, run in this process with runpy,
-read from the FPS it prints at the end.
+Raw speed: one bare env (gym.make, no wrappers) stepped with random actions on one core, measured before the first
+training run and again after every run; each run is compared with the mean of the raw speeds measured just before and
+just after it, because this machine's speed drifts by +-10% within minutes. Also printed: the same env as a 16-env
+SyncVectorEnv with random actions, i.e. the environment cost the training loop cannot avoid; the rest of a training
+frame is the agent. Training FPS: each script's own main loop, run in this process with runpy, read from the FPS it
+prints at the end. With --repeats N the scripts run N times in turn and the last table gives each one's median ratio.
 """
 
 import contextlib
@@ -44,6 +45,8 @@ class Args:
     """training scripts to measure (paths relative to the repository root)"""
     script_args: str = ""
     """extra flags passed to every script after the first (e.g. "--advisor uniform")"""
+    repeats: int = 1
+    """run the list of scripts this many times in turn; the summary gives each script's median FPS / raw ratio"""
 
 
 def raw_env_steps_per_second(env_id, steps, seed=0):
@@ -97,26 +100,37 @@ def training_fps(script, flags):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    raw_before = raw_env_steps_per_second(args.env_id, args.raw_steps)
-    print(f"raw env ({args.env_id}, 1 env, random actions): {raw_before:.0f} steps/s", flush=True)
+    if args.repeats < 1 or args.raw_steps < 1 or args.total_timesteps < 1:
+        sys.exit("error: --repeats, --raw-steps and --total-timesteps must be at least 1")
+    raw_speeds = [raw_env_steps_per_second(args.env_id, args.raw_steps)]
+    print(f"raw env ({args.env_id}, 1 env, random actions): {raw_speeds[0]:.0f} steps/s", flush=True)
     vector_before = raw_vector_env_steps_per_second(args.env_id, args.raw_steps, args.num_envs)
     print(f"vector env ({args.num_envs} envs, random actions): {vector_before:.0f} steps/s", flush=True)
-    results = []
+    results = []  # (script, fps, raw reference)
     with tempfile.TemporaryDirectory() as run_dir:
-        for i, script in enumerate(args.scripts):
-            flags = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps)]
-            flags += ["--num-envs", str(args.num_envs), "--run-dir", run_dir, "--log-every", "1000000"]
-            flags += shlex.split(args.script_args) if i > 0 else []
-            fps, output = training_fps(script, flags)
-            results.append((script, fps))
-            adviser_lines = [line for line in output.splitlines() if line.startswith("LLM adviser")]
-            print(f"{script}: {fps} training FPS", *adviser_lines, sep="\n    ", flush=True)
-    raw_after = raw_env_steps_per_second(args.env_id, args.raw_steps)
+        for repeat in range(args.repeats):
+            for i, script in enumerate(args.scripts):
+                flags = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps)]
+                flags += ["--num-envs", str(args.num_envs), "--run-dir", run_dir, "--log-every", "1000000"]
+                flags += shlex.split(args.script_args) if i > 0 else []
+                fps, output = training_fps(script, flags)
+                raw_speeds.append(raw_env_steps_per_second(args.env_id, args.raw_steps))
+                results.append((script, fps, np.mean(raw_speeds[-2:])))
+                adviser_lines = [line for line in output.splitlines() if line.startswith("LLM adviser")]
+                print(f"{script}: {fps} training FPS (raw env after it: {raw_speeds[-1]:.0f} steps/s)", *adviser_lines,
+                      sep="\n    ", flush=True)
     vector_after = raw_vector_env_steps_per_second(args.env_id, args.raw_steps, args.num_envs)
-    raw, vector = np.mean([raw_before, raw_after]), np.mean([vector_before, vector_after])
-    print(f"raw env again: {raw_after:.0f} steps/s (reference: mean {raw:.0f})")
+    raw, vector = np.mean(raw_speeds), np.mean([vector_before, vector_after])
+    print(f"raw env over the whole run: mean {raw:.0f}, min {min(raw_speeds):.0f}, max {max(raw_speeds):.0f} steps/s")
     print(f"vector env again: {vector_after:.0f} steps/s (reference: mean {vector:.0f})\n")
-    print(f"| run | script | training FPS | FPS / raw env steps/s | FPS / vector env steps/s | FPS / {results[0][0]}'s |")
-    print("|---|---|---|---|---|---|")
-    for run, (script, fps) in enumerate(results, 1):
-        print(f"| {run} | {script} | {fps} | {fps / raw:.0%} | {fps / vector:.0%} | {fps / results[0][1]:.0%} |")
+    print(f"| run | script | training FPS | raw env steps/s around it | FPS / raw | FPS / vector env steps/s | FPS / {results[0][0]}'s |")
+    print("|---|---|---|---|---|---|---|")
+    for run, (script, fps, raw_around) in enumerate(results, 1):
+        print(f"| {run} | {script} | {fps} | {raw_around:.0f} | {fps / raw_around:.0%} | {fps / vector:.0%} | {fps / results[0][1]:.0%} |")
+    if args.repeats > 1:
+        print("\n| script | runs | median training FPS | median FPS / raw | lowest | highest |")
+        print("|---|---|---|---|---|---|")
+        for script in dict.fromkeys(args.scripts):
+            fps = [f for s, f, _ in results if s == script]
+            ratios = [f / r for s, f, r in results if s == script]
+            print(f"| {script} | {len(fps)} | {np.median(fps):.0f} | {np.median(ratios):.0%} | {min(ratios):.0%} | {max(ratios):.0%} |")
