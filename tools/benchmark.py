@@ -119,7 +119,7 @@ def study_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, ext
     tools/plot.py reads for accuracy.png and study.md.
 
     Policy guidance uses --distill-coef 0.1 for every adviser, uniform included, at the scripts' default --llm-coef 0.5
-    and --llm-anneal-frac 0.25. At 1.0 (the README's first guidance result, preset study-distill1.0) a 40-60%-accurate
+    and --llm-anneal-frac 0.25. At 1.0 (the README's first guidance result, preset study-distill1.0) a 25-80%-accurate
     adviser ruined the actor. With distillation the uniform adviser is not quite the baseline (the KL to a uniform
     prior is an early entropy bonus on the actor): it is the same mechanism with advice that carries no information.
 
@@ -216,9 +216,9 @@ PRESETS = {
         *study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32),
         *study_runs("BabyAI-GoToLocal-v0", STUDY_ACCURACIES, [1, 2, 3], 100_000, 5, 32),
     ],
-    # The study's lowest late returns on GoToLocal measured again, precisely: one final evaluation of 500 episodes (a
-    # 32-episode evaluation is ±0.08 there), no periodic ones, 3 other training runs per variant (the evaluations
-    # draw from the same random stream as training, so these are new samples, not the same runs re-measured).
+    # The study's lowest GoToLocal late returns (as first run) measured again, precisely: one final evaluation of 500
+    # episodes (a 32-episode evaluation is ±0.08 there), no periodic ones, 3 other training runs per variant (the
+    # evaluations draw from the same random stream as training, so these are new samples, not the same runs re-measured).
     # Also GoToObj's baseline and its bonus at p = 0.25, where the bonus annealed over half of training once left the
     # actor 5.8% below the baseline (study_runs' docstring).
     "study-final-check": [
@@ -227,7 +227,7 @@ PRESETS = {
         *[run for run in study_runs("BabyAI-GoToObj-v0", [0.25], [4, 5, 6], 40_000, 0, 500)
           if run["variant"] in ("baseline", "explore+noisy0.25")],
     ],
-    # The policy line as first run, at --distill-coef 1.0: a 40-60%-accurate adviser ruined the actor (README).
+    # The policy line as first run, at --distill-coef 1.0: a 25-80%-accurate adviser ruined the actor (README).
     "study-distill1.0": study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32,
                                    distill_coef="1.0", explore=False),
     # For the test: 2 accuracies x 2 mechanisms + the baseline, 1 seed, 1,024 frames (under a minute on 2 cores).
