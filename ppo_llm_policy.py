@@ -136,6 +136,25 @@ class Args:
     """score: next-token log-probs of the action words (one forward pass); generate: parse a free answer"""
     llm_cache_dir: str = prompts.DEFAULT_CACHE_DIR
     """persistent cache of LLM answers ("none" disables it): a second run on the same states is nearly free"""
+    llm_base_url: Optional[str] = None
+    """an OpenAI-compatible LLM server (llama-server, vLLM, Ollama, OpenAI), e.g. http://127.0.0.1:8080/v1; default: none,
+    the GGUF model runs in this process"""
+    llm_model: Optional[str] = None
+    """the served model's name (default: the server's only model)"""
+    llm_api: str = "completions"
+    """completions: the in-process prompt text and next-token log-probs; chat: messages and the answer's top_logprobs"""
+    llm_api_key_env: Optional[str] = None
+    """name of the environment variable that holds the server's API key (never the key itself; it is not logged)"""
+    llm_top_logprobs: int = 100
+    """top log-probs asked of the server per answer token (a server that allows fewer gets its maximum, 20)"""
+    llm_max_concurrency: int = 16
+    """uncached server queries of one step sent at once, so that a batching server evaluates them together"""
+    llm_max_rps: float = 0.0
+    """at most this many server requests per second (0: no limit)"""
+    llm_timeout: float = 30.0
+    """seconds one server query may take, retries included; past it the state gets no advice (counted as a fallback)"""
+    llm_usd_per_mtok: float = 0.0
+    """price per million server tokens (prompt + completion), for a cost estimate in the logs (0: none)"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -387,6 +406,9 @@ def check_args(args):
             prompts.resolve_model_path(args.llm_model_path)
         except (FileNotFoundError, ValueError) as error:
             fail(str(error))
+    if args.advisor == "llm" and args.llm_base_url:
+        if message := prompts.served_llm_error(args):
+            fail(message)
     try:
         make_env(args.env_id)().close()
     except Exception as error:  # e.g. an env that needs an optional dependency
@@ -434,6 +456,14 @@ if __name__ == "__main__":
         temperature=args.llm_temperature,
         mode=args.llm_mode,
         cache_dir=args.llm_cache_dir,
+        base_url=args.llm_base_url,
+        model=args.llm_model,
+        api=args.llm_api,
+        api_key_env=args.llm_api_key_env,
+        top_logprobs=args.llm_top_logprobs,
+        max_concurrency=args.llm_max_concurrency,
+        max_rps=args.llm_max_rps,
+        timeout=args.llm_timeout,
     )
     agent = Agent(envs.single_action_space.n).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
@@ -644,6 +674,10 @@ if __name__ == "__main__":
             writer.add_scalar("llm/ms_per_query", 1000 * llm_seconds / max(llm_queries, 1), global_step)
             writer.add_scalar("llm/ms_per_update", 1000 * llm_seconds, global_step)
             writer.add_scalar("llm/fallbacks", advisor.stats["fallbacks"], global_step)
+            for name in ["requests", "retries", "prompt_tokens", "completion_tokens"]:  # a served LLM's usage, cumulative
+                writer.add_scalar(f"llm/{name}", advisor.stats[name], global_step)
+            if args.llm_usd_per_mtok > 0:
+                writer.add_scalar("llm/usd", prompts.usage_cost(advisor.stats, args.llm_usd_per_mtok), global_step)
             writer.add_scalar("llm/agree_with_policy", np.mean(agree_with_policy), global_step)
             writer.add_scalar("llm/kl_policy_prior", kl_policy_prior.item(), global_step)
             writer.add_scalar("llm/logprob_replay_error", logprob_replay_error, global_step)
@@ -675,7 +709,8 @@ if __name__ == "__main__":
             f"LLM adviser '{args.advisor}': {stats['queries']} queries, {stats['misses']} uncached "
             f"(cache hit rate {1 - stats['misses'] / max(stats['queries'], 1):.3f}), "
             f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks"
-            + (f", agreed with the expert {stats['agreed'] / max(stats['queries'], 1):.3f}" if "agreed" in stats else ""),
+            + (f", agreed with the expert {stats['agreed'] / max(stats['queries'], 1):.3f}" if "agreed" in stats else "")
+            + prompts.usage_summary(stats, args.llm_usd_per_mtok),
             flush=True,
         )
     if train and (args.save_model or interrupted):

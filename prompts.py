@@ -24,6 +24,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
 
@@ -268,6 +269,25 @@ def split_prompt(actions: list[int], **template_kwargs) -> tuple[str, str]:
     return prefix, suffix
 
 
+def chat_template_kwargs(llm, model_path: str) -> dict:
+    """render_chat's template arguments from a loaded llama.cpp model (its GGUF metadata and special tokens)."""
+    token_text = lambda token_id: llm.detokenize([token_id], special=True).decode("utf-8", "ignore")
+    return dict(chat_template=llm.metadata.get("tokenizer.chat_template"),
+                bos_token=token_text(llm.token_bos()) if llm.token_bos() >= 0 else "",
+                eos_token=token_text(llm.token_eos()) if llm.token_eos() >= 0 else "",
+                model_name=llm.metadata.get("general.name", "") + " " + os.path.basename(model_path))
+
+
+def subgoal_prompt(**template_kwargs) -> tuple[str, str, str]:
+    """(prefix, suffix, lead-in) of the subgoal-ranking prompt: prefix + query + suffix + lead-in."""
+    rendered = render_chat(SYSTEM_PROMPT, SUBGOAL_INSTRUCTIONS + SENTINEL, **template_kwargs)
+    prefix, suffix = rendered.split(SENTINEL)
+    bos_token = template_kwargs.get("bos_token", "")
+    if bos_token and prefix.startswith(bos_token):
+        prefix = prefix[len(bos_token):]  # llama.cpp adds BOS itself
+    return prefix, suffix, SUBGOAL_LEAD_IN if suffix[-1:].isspace() else " " + SUBGOAL_LEAD_IN
+
+
 # -----------------------------------------------------------------------------------------------------
 # 4. The LLM adviser
 # -----------------------------------------------------------------------------------------------------
@@ -339,7 +359,9 @@ def common_prefix(tokens: list[int], other_tokens: list[int]) -> list[int]:
 
 def new_stats() -> dict:
     return {"queries": 0, "memory_hits": 0, "disk_hits": 0, "misses": 0, "hit_rate": 0.0,
-            "ms_per_uncached_query": 0.0, "tokens_evaluated": 0, "fallbacks": 0, "skipped": 0}
+            "ms_per_uncached_query": 0.0, "tokens_evaluated": 0, "fallbacks": 0, "skipped": 0,
+            # a served LLM's HTTP requests and token usage (0 for the others)
+            "requests": 0, "retries": 0, "failed_requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
 
 def finalize_probs(probs: np.ndarray) -> np.ndarray:
@@ -428,13 +450,8 @@ class LLMAdvisor:
         self.n_vocab = self.llm.n_vocab()
 
         # Prompt pieces, from the model's own chat template when it has one.
-        metadata = self.llm.metadata
-        token_text = lambda token_id: self.llm.detokenize([token_id], special=True).decode("utf-8", "ignore")
-        self.prefix, self.suffix = split_prompt(
-            self.actions, chat_template=metadata.get("tokenizer.chat_template"),
-            bos_token=token_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else "",
-            eos_token=token_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else "",
-            model_name=metadata.get("general.name", "") + " " + os.path.basename(self.model_path))
+        self.template_kwargs = chat_template_kwargs(self.llm, self.model_path)
+        self.prefix, self.suffix = split_prompt(self.actions, **self.template_kwargs)
         self.lead_in = SCORE_LEAD_IN if mode == "score" else GENERATE_LEAD_IN
         if self.suffix and not self.suffix[-1].isspace() and self.lead_in:
             self.lead_in = " " + self.lead_in  # e.g. Llama-2's "[/INST] Action:"
@@ -556,12 +573,13 @@ class LLMAdvisor:
 
     # --- raw answers -> distributions ---
     def probs_from_scores(self, raw_scores) -> np.ndarray:
-        """Temperature softmax over the allowed actions' raw log-probs; non-finite -> uniform (fallback)."""
+        """Temperature softmax over the allowed actions' raw log-probs. An action without a score (a server's top-K
+        that missed it) gets the floor probability; no score at all -> uniform (counted as a fallback)."""
         allowed_scores = np.asarray(raw_scores, dtype=np.float64)[self.actions]
-        if not np.all(np.isfinite(allowed_scores)):
+        if not np.any(np.isfinite(allowed_scores)):
             self.stats["fallbacks"] += 1
             return finalize_probs(uniform_probs(self.actions))
-        allowed_scores = allowed_scores / self.temperature
+        allowed_scores = np.where(np.isfinite(allowed_scores), allowed_scores, -np.inf) / self.temperature
         allowed_probs = np.exp(allowed_scores - allowed_scores.max())
         probs = np.zeros(NUM_ACTIONS)
         probs[self.actions] = allowed_probs / allowed_probs.sum()
@@ -594,71 +612,96 @@ class LLMAdvisor:
             self.disk_cache = None
             return None
 
-    def raw_answer(self, obs_text: str, cached_only: bool = False):
-        """Cached raw answer for one observation: log-probs (score mode) or reply text (generate mode).
-        With cached_only, an observation seen in neither cache gets None instead of an LLM call."""
+    def _cached(self, obs_text: str):
+        """The raw answer from the memory or the disk cache (counted as a hit), else None."""
         if obs_text in self.memory_cache:
             self.memory_cache.move_to_end(obs_text)
             self.stats["memory_hits"] += 1
             return self.memory_cache[obs_text]
-        raw = None
-        if self.disk_cache is not None:
-            raw = self._disk_call("get", self._disk_key(obs_text))
-            if raw is not None:
-                self.stats["disk_hits"] += 1
-        if raw is None and cached_only:
-            self.stats["skipped"] += 1
-            return None
-        if raw is None:
-            start = time.perf_counter()
-            prompt_tokens = self.tokenize_prompt(obs_text)
-            raw = self._score(prompt_tokens) if self.mode == "score" else self._generate(prompt_tokens)
-            self.uncached_seconds += time.perf_counter() - start
-            self.full_prompt_tokens += len(prompt_tokens)
-            self.stats["misses"] += 1
-            if self.disk_cache is not None:
-                self._disk_call("set", self._disk_key(obs_text), raw)
-        self.memory_cache[obs_text] = raw
+        raw = self._disk_call("get", self._disk_key(obs_text)) if self.disk_cache is not None else None
+        if raw is not None:
+            self.stats["disk_hits"] += 1
+            self._remember(obs_text, raw)
+        return raw
+
+    def _remember(self, key: str, raw):
+        self.memory_cache[key] = raw
         if len(self.memory_cache) > self.memory_cache_size:
             self.memory_cache.popitem(last=False)
-        return raw
+
+    def _answer(self, obs_text: str):
+        """One uncached LLM query: log-probs (score mode) or reply text (generate mode)."""
+        prompt_tokens = self.tokenize_prompt(obs_text)
+        self.full_prompt_tokens += len(prompt_tokens)
+        return self._score(prompt_tokens) if self.mode == "score" else self._generate(prompt_tokens)
+
+    def _answer_all(self, obs_texts: list[str]) -> list:
+        """Uncached queries, one after the other (in order: neighbours share KV-cache prefixes)."""
+        return [self._answer(obs_text) for obs_text in obs_texts]
+
+    def raw_answers(self, obs_texts: list[str], cached_only: bool = False) -> dict:
+        """Raw answers by text: memory cache, then disk cache, then the LLM for what is left (stored in both caches).
+        With cached_only, a text seen in neither cache gets None instead of an LLM call; so does a failed query."""
+        answers, uncached = {}, []
+        for obs_text in obs_texts:
+            if obs_text in answers or obs_text in uncached:  # repeated in this batch: a memory hit, as before
+                self.stats["memory_hits"] += 1
+                continue
+            answers[obs_text] = self._cached(obs_text)
+            if answers[obs_text] is None:
+                self.stats["skipped"] += int(cached_only)
+                uncached += [] if cached_only else [obs_text]
+        start = time.perf_counter()
+        computed = self._answer_all(uncached) if uncached else []
+        self.uncached_seconds += time.perf_counter() - start
+        for obs_text, raw in zip(uncached, computed):
+            self.stats["misses"] += 1
+            answers[obs_text] = raw
+            if raw is not None:  # a failed query is asked again next time
+                self._remember(obs_text, raw)
+                if self.disk_cache is not None:
+                    self._disk_call("set", self._disk_key(obs_text), raw)
+        return answers
+
+    def raw_answer(self, obs_text: str, cached_only: bool = False):
+        """Cached raw answer for one observation (see raw_answers)."""
+        return self.raw_answers([obs_text], cached_only)[obs_text]
 
     def action_probs(self, obs_texts: list[str], expert_actions=None, cached_only: bool = False) -> np.ndarray:
         """(N, 7) float32 distributions over the 7 MiniGrid actions. `expert_actions` is ignored.
         cached_only: no LLM call; observations not in a cache get the uniform distribution over all 7 actions
         (no advice), counted in stats["skipped"] (this is how the scripts keep to a query budget)."""
-        probs = np.empty((len(obs_texts), NUM_ACTIONS), dtype=np.float32)
+        obs_texts = [str(obs_text) for obs_text in obs_texts]
         # Sorted order puts texts with the same mission next to each other: more KV-cache reuse.
-        for row in sorted(range(len(obs_texts)), key=lambda r: str(obs_texts[r])):
-            raw = self.raw_answer(str(obs_texts[row]), cached_only)
-            if raw is None:
+        rows = sorted(range(len(obs_texts)), key=lambda r: obs_texts[r])
+        answers = self.raw_answers([obs_texts[row] for row in rows], cached_only)
+        probs = np.empty((len(obs_texts), NUM_ACTIONS), dtype=np.float32)
+        for row in rows:
+            raw = answers[obs_texts[row]]
+            if raw is None and cached_only:
                 probs[row] = NO_ADVICE
+            elif raw is None:  # the query failed (a server that did not answer in time)
+                self.stats["fallbacks"] += 1
+                probs[row] = finalize_probs(uniform_probs(self.actions))
             else:
                 probs[row] = self.probs_from_scores(raw) if self.mode == "score" else self.probs_from_reply(raw)
+        self.stats["queries"] += len(obs_texts)
+        self._update_rates()
+        return probs
+
+    def _update_rates(self):
         stats = self.stats
-        stats["queries"] += len(obs_texts)
         stats["hit_rate"] = (stats["memory_hits"] + stats["disk_hits"]) / max(stats["queries"], 1)
         stats["ms_per_uncached_query"] = 1000 * self.uncached_seconds / max(stats["misses"], 1)
         stats["tokens_per_uncached_query"] = stats["tokens_evaluated"] / max(stats["misses"], 1)
         stats["prompt_tokens_per_query"] = self.full_prompt_tokens / max(stats["misses"], 1)
-        return probs
 
     def _setup_subgoal_prompt(self):
         """Prompt pieces for subgoal ranking (ppo_llm_explore.py). subgoal_probs() makes one forward pass over
         "instructions + observation + numbered candidates + 'Subgoal:'", reusing the KV cache like _score; each
         candidate scores the log-likelihood of its number (tokens the numbers share, e.g. SmolLM2's ' ' before a
         digit, are part of the prompt). Raw scores are cached in memory and on disk under a 'subgoals-v1' key."""
-        metadata = self.llm.metadata
-        token_text = lambda token_id: self.llm.detokenize([token_id], special=True).decode("utf-8", "ignore")
-        bos_token = token_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else ""
-        rendered = render_chat(SYSTEM_PROMPT, SUBGOAL_INSTRUCTIONS + SENTINEL,
-                               chat_template=metadata.get("tokenizer.chat_template"), bos_token=bos_token,
-                               eos_token=token_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else "",
-                               model_name=metadata.get("general.name", "") + " " + os.path.basename(self.model_path))
-        self.subgoal_prefix, self.subgoal_suffix = rendered.split(SENTINEL)
-        if bos_token and self.subgoal_prefix.startswith(bos_token):
-            self.subgoal_prefix = self.subgoal_prefix[len(bos_token):]  # llama.cpp adds BOS itself
-        self.subgoal_lead_in = SUBGOAL_LEAD_IN if self.subgoal_suffix[-1:].isspace() else " " + SUBGOAL_LEAD_IN
+        self.subgoal_prefix, self.subgoal_suffix, self.subgoal_lead_in = subgoal_prompt(**self.template_kwargs)
         lead_in_tokens = self.llm.tokenize(self.subgoal_lead_in.encode(), add_bos=False, special=False)
         self.number_tokens = []  # tokens of " 1" .. " 9" after the lead-in
         for number in range(1, 10):
@@ -699,34 +742,449 @@ class LLMAdvisor:
             raw = self._score_numbers(query, n_candidates)
             self.uncached_seconds += time.perf_counter() - start
             self.stats["misses"] += 1
+            if raw is None:  # the query failed (a server that did not answer in time): ask again next time
+                return None
             if self.disk_cache is not None:
                 self._disk_call("set", disk_key, raw)
-        self.memory_cache[memory_key] = raw
-        if len(self.memory_cache) > self.memory_cache_size:
-            self.memory_cache.popitem(last=False)
+        self._remember(memory_key, raw)
         return raw
 
     def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
-        """(n,) float32 distribution over the candidates (temperature-softmaxed number log-likelihoods).
-        No candidates: empty; one candidate: [1.0] without a query. `expert_plan` is ignored."""
+        """(n,) float32 distribution over the candidates (temperature-softmaxed number log-likelihoods); a candidate
+        without a score (a server's top-K that missed it) gets the floor probability. No candidates: empty; one
+        candidate: [1.0] without a query. `expert_plan` is ignored."""
         candidate_texts = check_candidates(candidate_texts)
         if len(candidate_texts) <= 1:
             return np.ones(len(candidate_texts), dtype=np.float32)
-        raw = np.asarray(self.raw_subgoal_scores(subgoal_query(obs_text, candidate_texts), len(candidate_texts)))
+        raw = self.raw_subgoal_scores(subgoal_query(obs_text, candidate_texts), len(candidate_texts))
         self.stats["queries"] += 1
-        self.stats["hit_rate"] = (self.stats["memory_hits"] + self.stats["disk_hits"]) / self.stats["queries"]
-        self.stats["ms_per_uncached_query"] = 1000 * self.uncached_seconds / max(self.stats["misses"], 1)
-        if not np.all(np.isfinite(raw)):
+        self._update_rates()
+        raw = np.full(len(candidate_texts), np.nan) if raw is None else np.asarray(raw, dtype=np.float64)
+        if not np.any(np.isfinite(raw)):
             self.stats["fallbacks"] += 1
             return np.full(len(raw), 1.0 / len(raw), dtype=np.float32)
-        scores = raw / self.temperature
+        scores = np.where(np.isfinite(raw), raw, -np.inf) / self.temperature
         probs = np.exp(scores - scores.max())
-        return (probs / probs.sum()).astype(np.float32)
+        probs = probs / probs.sum()
+        if not np.all(np.isfinite(raw)):
+            probs = np.maximum(probs, PROB_FLOOR)
+            probs = probs / probs.sum()
+        return probs.astype(np.float32)
 
     def close(self):
         if self.disk_cache is not None:
             self.disk_cache.close()
         self.llm.close()
+
+
+# -----------------------------------------------------------------------------------------------------
+# 4b. The same LLM adviser behind an OpenAI-compatible server (llama-server, vLLM, Ollama, llama_cpp.server, OpenAI)
+# -----------------------------------------------------------------------------------------------------
+# LLMServer does the HTTP: one shared client, a request-rate cap, retries with backoff, token accounting.
+# ServedLLMAdvisor is LLMAdvisor (same prompts, caches and decoding) with each uncached query sent to the server:
+#   --llm-api completions: the in-process prompt text and the next token's top log-probs; allowed words missing from
+#                          the top-K are scored as continuations (prompt + word, echo + logprobs) where the server
+#                          offers that (llama_cpp.server, vLLM), else they get the floor probability;
+#   --llm-api chat:        system + user messages and the first answer token's top_logprobs (OpenAI, Ollama).
+LLM_APIS = ("completions", "chat")
+START_A_SERVER = ("start one, e.g. `python -m llama_cpp.server --model FILE.gguf --host 127.0.0.1 --port 8080` "
+                  "(README: Serving a bigger LLM), or fix --llm-base-url")
+MAX_BACKOFF_SECONDS = 2.0
+
+
+class ServerError(Exception):
+    """A request that failed for good: past --llm-timeout, or an answer that retrying cannot fix."""
+
+
+class LLMServer:
+    """HTTP to one OpenAI-compatible server, safe to share between threads.
+
+    Each request waits for its slot under `max_rps` (requests start at least 1/max_rps seconds apart); HTTP 429, 5xx,
+    timeouts and connection errors are retried with exponential backoff and full jitter until `timeout` seconds have
+    passed since the first try. After a request failed for good the server counts as down: each request is tried
+    once, without retries, until one succeeds (a stopped server then costs one refused connection per query).
+    The API key is read from the environment variable named `api_key_env` and lives only in the client's headers.
+    """
+
+    def __init__(self, base_url: str, api_key_env: str | None = None, timeout: float = 30.0, max_rps: float = 0.0,
+                 max_concurrency: int = 16):
+        import random
+        import threading
+
+        import httpx
+
+        headers = {}
+        if api_key_env:
+            if not os.environ.get(api_key_env):
+                raise ValueError(f"--llm-api-key-env {api_key_env}: that environment variable is not set or empty; "
+                                 f"export {api_key_env}=<your key> (a key is never passed as a flag)")
+            headers["Authorization"] = "Bearer " + os.environ[api_key_env]
+        self.base_url, self.timeout, self.max_rps = base_url.rstrip("/"), float(timeout), float(max_rps)
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout,
+                                   limits=httpx.Limits(max_connections=max_concurrency,
+                                                       max_keepalive_connections=max_concurrency))
+        self.lock, self.jitter = threading.Lock(), random.Random()  # own RNG: training's `random` stays untouched
+        self.next_start, self.down = 0.0, False
+        self.counts = dict(requests=0, retries=0, failed_requests=0, prompt_tokens=0, completion_tokens=0)
+
+    def _wait_for_slot(self):
+        if self.max_rps <= 0:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_start)
+            self.next_start = start + 1.0 / self.max_rps
+        time.sleep(max(0.0, start - now))
+
+    def _count(self, **increments):
+        with self.lock:
+            for name, value in increments.items():
+                self.counts[name] += value
+
+    def request(self, method: str, path: str, payload: dict | None = None, retry: bool = True,
+                budget: float | None = None) -> dict:
+        """The JSON answer of one request (retried as the class says, for `budget` seconds instead of the timeout
+        if given); raises ServerError when it gives up."""
+        import httpx
+
+        deadline, attempt = time.monotonic() + (self.timeout if budget is None else budget), 0
+        retry = retry and not self.down
+        while True:
+            self._wait_for_slot()
+            self._count(requests=1)
+            retry_after = 0.0
+            try:
+                response = self.client.request(method, path, json=payload,
+                                               timeout=max(deadline - time.monotonic(), 0.1))
+                if response.status_code < 400:
+                    answer = response.json()
+                    usage = answer.get("usage") or {}
+                    self._count(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                completion_tokens=int(usage.get("completion_tokens") or 0))
+                    self.down = False
+                    return answer
+                problem = f"HTTP {response.status_code} from {path}: {response.text.strip()[:200]}"
+                retryable = response.status_code == 429 or response.status_code >= 500
+                with contextlib.suppress(ValueError, TypeError):
+                    retry_after = float(response.headers.get("retry-after", 0))
+            except httpx.TransportError as error:  # refused, reset, timed out
+                problem, retryable = f"{type(error).__name__} ({error})", True
+            except (ValueError, AttributeError) as error:  # a 2xx answer that is not a JSON object
+                problem, retryable = f"an answer that is not JSON ({error})", False
+            delay = max(retry_after, self.jitter.uniform(0, min(MAX_BACKOFF_SECONDS, 0.1 * 2 ** attempt)))
+            if not (retry and retryable) or time.monotonic() + delay >= deadline:
+                self._count(failed_requests=1)
+                self.down = self.down or retryable
+                raise ServerError(problem)
+            self._count(retries=1)
+            time.sleep(delay)
+            attempt += 1
+
+    def model_ids(self) -> list[str]:
+        """The served models' names (GET /models), for the up-front checks and the cache identity."""
+        try:
+            answer = self.request("GET", "/models", budget=min(self.timeout, 5.0))  # a wrong URL should not wait long
+        except ServerError as error:
+            if "HTTP 401" in str(error) or "HTTP 403" in str(error):
+                raise ValueError(f"the LLM server at {self.base_url} refused the request ({str(error)[:80]}): "
+                                 f"check the key in --llm-api-key-env") from None
+            raise ValueError(f"cannot reach an LLM server at --llm-base-url {self.base_url} ({str(error)[:120]}); "
+                             f"{START_A_SERVER}") from None
+        ids = [str(model.get("id")) for model in answer.get("data", []) if isinstance(model, dict)]
+        if not ids:
+            raise ValueError(f"the server at --llm-base-url {self.base_url} lists no model at /models; is it an "
+                             f"OpenAI-compatible server? {START_A_SERVER}")
+        return ids
+
+    def close(self):
+        self.client.close()
+
+
+def top_logprobs(answer: dict, api: str) -> list[tuple[str, float]]:
+    """(token text, log-prob) pairs of the first answer token's top-K, from a completions or chat answer."""
+    try:
+        logprobs = answer["choices"][0]["logprobs"]
+        if api == "chat":
+            return [(str(entry["token"]), float(entry["logprob"])) for entry in logprobs["content"][0]["top_logprobs"]]
+        return [(str(text), float(value)) for text, value in logprobs["top_logprobs"][0].items()]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise ServerError("an answer without log-probs") from None
+
+
+def answer_text(answer: dict, api: str) -> str:
+    try:
+        choice = answer["choices"][0]
+        return str(choice["message"]["content"] if api == "chat" else choice["text"])
+    except (KeyError, IndexError, TypeError):
+        raise ServerError("an answer without text") from None
+
+
+def normalized(token_text: str) -> str:
+    """'Forward', ' forward' and 'forward.' all name the answer 'forward' (chat answers have no fixed lead-in)."""
+    return token_text.strip().lower().strip(".,:;!\"'*")
+
+
+class ServedLLMAdvisor(LLMAdvisor):
+    """LLMAdvisor with the model behind an OpenAI-compatible server (the class comment above says how it scores).
+
+    The prompt text is the in-process one: the chat template comes from a local GGUF when there is one
+    (`model_path`, or the served model's name when that is a GGUF file on this machine, as llama_cpp.server reports
+    it; only the vocabulary is loaded), else from the server's /props (llama-server), else a built-in format chosen
+    by the model's name. The caches are keyed by the served model's name, the API, the top-K and the prompt, so a hit
+    never touches the network. A query that fails past `timeout` gives the state uniform advice, counted in
+    stats["fallbacks"], with one warning line; it is not cached. In-process settings (threads, context size, GPU
+    layers) belong to the server and are ignored here.
+    """
+
+    def __init__(self, base_url: str, model: str | None = None, api: str = "completions", api_key_env: str | None = None,
+                 model_path: str | None = None, temperature: float = 1.0, cache_dir: str | None = DEFAULT_CACHE_DIR,
+                 mode: str = "score", actions: list[int] | None = None, top_logprobs: int = 100,
+                 max_concurrency: int = 16, max_rps: float = 0.0, timeout: float = 30.0,
+                 memory_cache_size: int = 100_000, n_gpu_layers=None, n_threads=None, n_ctx=None):
+        if mode not in ("score", "generate"):
+            raise ValueError(f"--llm-mode must be 'score' or 'generate', got {mode!r}")
+        if api not in LLM_APIS:
+            raise ValueError(f"--llm-api must be one of {', '.join(LLM_APIS)}, got {api!r}")
+        if not temperature > 0:
+            raise ValueError(f"--llm-temperature must be > 0, got {temperature}")
+        if top_logprobs < 1 or max_concurrency < 1 or max_rps < 0 or not timeout > 0:
+            raise ValueError("--llm-top-logprobs and --llm-max-concurrency must be at least 1, --llm-max-rps 0 (no "
+                             "limit) or more and --llm-timeout positive")
+        self.mode, self.api, self.temperature, self.actions = mode, api, float(temperature), check_actions(actions)
+        self.top_k, self.max_concurrency = int(top_logprobs), int(max_concurrency)
+        self.server = LLMServer(base_url, api_key_env, timeout, max_rps, max_concurrency)
+        served = self.server.model_ids()
+        if model and model not in served:
+            raise ValueError(f"the server at --llm-base-url {base_url} serves {', '.join(served)}; "
+                             f"--llm-model {model} is not one of them")
+        if not model and len(served) > 1:
+            raise ValueError(f"the server at --llm-base-url {base_url} serves several models ({', '.join(served)}): "
+                             f"pick one with --llm-model")
+        self.model = model or served[0]
+        self.template_kwargs, self.template_source = self._template_kwargs(model_path)
+        self.prefix, self.suffix = split_prompt(self.actions, **self.template_kwargs)
+        self.lead_in = SCORE_LEAD_IN if mode == "score" else GENERATE_LEAD_IN
+        if self.suffix and not self.suffix[-1].isspace() and self.lead_in:
+            self.lead_in = " " + self.lead_in  # e.g. Llama-2's "[/INST] Action:"
+        self.subgoal_prefix, self.subgoal_suffix, self.subgoal_lead_in = subgoal_prompt(**self.template_kwargs)
+        self.echo_scoring = False
+        self.echo_scoring = self._probe()
+
+        self.identity = f"served:{self.api}:top{self.top_k}:echo{int(self.echo_scoring)}:{self.model}"
+        self.static_key = "\n".join([self.identity, mode, self.prefix, self.suffix, self.lead_in,
+                                     str(self.actions), str(MAX_REPLY_TOKENS)])
+        self.subgoal_key = "\n".join(["subgoals-v1", self.identity, self.subgoal_prefix, self.subgoal_suffix,
+                                      self.subgoal_lead_in])
+        self.memory_cache, self.memory_cache_size = collections.OrderedDict(), memory_cache_size
+        self.disk_cache = None
+        if cache_dir and str(cache_dir).lower() != "none":
+            self.disk_cache_dir = os.path.join(os.path.expanduser(str(cache_dir)), "llm-advice-v1")
+            self.disk_cache = open_disk_cache(self.disk_cache_dir)
+        self.stats = new_stats()
+        self.stats.update(prefix_tokens=0, tokens_per_uncached_query=0.0, prompt_tokens_per_query=0.0)
+        self.uncached_seconds, self.full_prompt_tokens, self.warned = 0.0, 0, False
+        self.server.counts = dict.fromkeys(self.server.counts, 0)  # the start-up checks are not queries
+
+    def _template_kwargs(self, model_path: str | None) -> tuple[dict, str]:
+        path = model_path or (self.model if self.model.endswith(".gguf") and os.path.isfile(self.model) else None)
+        if path:
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            path = resolve_model_path(path)
+            with suppress_stdout_stderr(disable=False):  # llama.cpp's C-level log lines
+                vocab = load_llama(model_path=path, vocab_only=True, verbose=False)
+            kwargs = chat_template_kwargs(vocab, path)
+            vocab.close()
+            return kwargs, f"the chat template of {os.path.basename(path)}"
+        with contextlib.suppress(ServerError, AttributeError, TypeError):
+            props = self.server.request("GET", self.server.base_url.rsplit("/v1", 1)[0] + "/props", retry=False)
+            if props.get("chat_template"):
+                return dict(chat_template=props["chat_template"], bos_token=str(props.get("bos_token", "")),
+                            eos_token=str(props.get("eos_token", "")), model_name=self.model), "the server's /props"
+        return dict(model_name=self.model), "a built-in chat format chosen by the model's name"
+
+    def _probe(self) -> bool:
+        """Queries up front: does the endpoint return log-probs (score mode), how many (a server that allows fewer
+        top log-probs than asked gets its maximum, 20, with a note), and does it score continuations exactly (the
+        echoed log-prob of the top answer token must equal its top-K log-prob: llama_cpp.server's echo is off by one
+        token and fails this)?"""
+        probe = "Goal: probe. You see nothing. You carry nothing."
+        try:
+            if self.mode == "generate":
+                answer_text(self._request(probe, 1), self.api)
+                return False
+            try:
+                top = top_logprobs(self._request(probe, 1), self.api)
+            except ServerError as error:
+                if self.top_k <= 20 or "HTTP 4" not in str(error):
+                    raise
+                print(f"note: the server at {self.server.base_url} refused {self.top_k} top log-probs; using 20",
+                      flush=True)
+                self.top_k = 20
+                top = top_logprobs(self._request(probe, 1), self.api)
+        except ServerError as error:
+            where = "/chat/completions" if self.api == "chat" else "/completions"
+            raise ValueError(f"the server at {self.server.base_url} answered {where} without usable log-probs "
+                             f"({str(error)[:120]}): use --llm-mode generate, the other --llm-api, or a server that "
+                             f"returns log-probs (llama-server, vLLM, llama_cpp.server)") from None
+        words = [(text, value) for text, value in top if text.strip()]
+        if self.api == "chat" or not words:
+            return False
+        text, value = max(words, key=lambda entry: entry[1])
+        try:
+            echoed = self._continuation_logprob(self.prompt_text(probe), text)
+        except ServerError:
+            return False
+        return echoed is not None and abs(echoed - value) < 1e-3
+
+    # --- requests ---
+    def _request(self, obs_text: str, max_tokens: int, text: str | None = None, echo: bool = False,
+                 subgoals: bool = False) -> dict:
+        payload = dict(model=self.model, max_tokens=max_tokens, temperature=0.0)
+        if self.api == "chat":
+            instructions = SUBGOAL_INSTRUCTIONS if subgoals else instruction_text(self.actions)
+            payload["messages"] = [{"role": "system", "content": SYSTEM_PROMPT},
+                                   {"role": "user", "content": instructions + obs_text}]
+            if self.mode == "score" or subgoals:
+                payload |= dict(logprobs=True, top_logprobs=min(self.top_k, 20))
+            return self.server.request("POST", "/chat/completions", payload)
+        payload["prompt"] = self.prompt_text(obs_text) if text is None else text
+        if self.mode == "score" or subgoals or echo:
+            payload["logprobs"] = self.top_k
+        if echo:
+            payload |= dict(echo=True, logprobs=1)
+        if self.mode == "generate" and not subgoals:
+            payload["stop"] = ["\n"]
+        return self.server.request("POST", "/completions", payload)
+
+    def _continuation_logprob(self, prompt: str, continuation: str) -> float | None:
+        """log p(continuation | prompt) from an echo of prompt + continuation: the log-probs of its last tokens (after
+        dropping the generated one), None where the tokens do not end exactly at the prompt's end."""
+        answer = self._request("", 1, text=prompt + continuation, echo=True)
+        try:
+            logprobs = answer["choices"][0]["logprobs"]
+            tokens, token_logprobs = logprobs["tokens"], logprobs["token_logprobs"]
+            echoed = answer["choices"][0]["text"]
+        except (KeyError, IndexError, TypeError):
+            return None
+        generated = echoed[len(prompt + continuation):] if echoed.startswith(prompt + continuation) else None
+        end = len(tokens)
+        while generated and end > 0 and generated.endswith(tokens[end - 1]):  # the generated token(s), if listed
+            generated, end = generated[: len(generated) - len(tokens[end - 1])], end - 1
+        text, total = "", 0.0
+        for position in range(end - 1, 0, -1):
+            if token_logprobs[position] is None:
+                return None
+            text, total = tokens[position] + text, total + float(token_logprobs[position])
+            if text == continuation:
+                return total
+            if len(text) >= len(continuation):
+                return None
+        return None
+
+    def _warn(self, error: ServerError):
+        self.stats["fallbacks_after_errors"] = self.stats.get("fallbacks_after_errors", 0) + 1
+        if not self.warned:
+            self.warned = True
+            print(f"warning: the LLM server at {self.server.base_url} failed ({str(error)[:160]}); such states get "
+                  f"uniform advice (counted in the fallbacks) and training goes on", file=sys.stderr, flush=True)
+
+    # --- the raw answers of LLMAdvisor, from the server ---
+    def _answer(self, obs_text: str):
+        """Raw scores (score mode) or reply text (generate mode) for one state; None if the server failed."""
+        try:
+            if self.mode == "generate":
+                return answer_text(self._request(obs_text, MAX_REPLY_TOKENS), self.api).strip()
+            top = top_logprobs(self._request(obs_text, 1), self.api)
+            raw_scores = [-np.inf] * NUM_ACTIONS
+            for action in self.actions:
+                if self.api == "chat":  # the answer's first token, any case or spacing
+                    values = [value for text, value in top if normalized(text) == ACTION_WORDS[action]]
+                else:  # the token that follows the lead-in, as in process
+                    values = [value for text, value in top if text == " " + ACTION_WORDS[action]]
+                if values:
+                    raw_scores[action] = float(np.logaddexp.reduce(values))
+                elif self.echo_scoring:
+                    score = self._continuation_logprob(self.prompt_text(obs_text), " " + ACTION_WORDS[action])
+                    raw_scores[action] = -np.inf if score is None else score
+            return raw_scores
+        except ServerError as error:
+            self._warn(error)
+            return None
+
+    def _answer_all(self, obs_texts: list[str]) -> list:
+        """One step's uncached queries at once (up to max_concurrency in flight: a batching server runs them together)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(obs_texts) == 1 or self.max_concurrency == 1:
+            answers = [self._answer(obs_text) for obs_text in obs_texts]
+        else:
+            with ThreadPoolExecutor(min(self.max_concurrency, len(obs_texts))) as pool:
+                answers = list(pool.map(self._answer, obs_texts))
+        self._copy_counts()
+        return answers
+
+    def _score_numbers(self, query: str, n_candidates: int) -> list[float] | None:
+        """Log-likelihoods of the candidates' numbers. Where the first answer token is a space (SmolLM2, Llama-2 put
+        one before a digit), the numbers are read after it, as in process."""
+        try:
+            text = self.subgoal_prefix + query + self.subgoal_suffix + self.subgoal_lead_in
+            top = top_logprobs(self._request(query, 1, text=text, subgoals=True), self.api)
+            numbers = [str(number) for number in range(1, n_candidates + 1)]
+            if self.api == "completions" and not any(normalized(t) in numbers for t, _ in top) and top:
+                best = max(top, key=lambda entry: entry[1])[0]
+                if best.isspace():
+                    top = top_logprobs(self._request(query, 1, text=text + best, subgoals=True), self.api)
+            scores = []
+            for number in numbers:
+                values = [value for token_text, value in top if normalized(token_text) == number]
+                scores.append(float(np.logaddexp.reduce(values)) if values else -np.inf)
+            return scores
+        except ServerError as error:
+            self._warn(error)
+            return None
+        finally:
+            self._copy_counts()
+
+    def _copy_counts(self):
+        self.stats.update(self.server.counts)
+        self.full_prompt_tokens = self.server.counts["prompt_tokens"]
+
+    def close(self):
+        if self.disk_cache is not None:
+            self.disk_cache.close()
+        self.server.close()
+
+
+def served_llm_error(args) -> str | None:
+    """The first problem with a script's --llm-base-url set-up (flags, server, model, log-probs, API key) as one line
+    naming what to fix, or None. It connects once, as the run would, before any run directory exists."""
+    if getattr(args, "llm_api", "completions") not in LLM_APIS:
+        return f"--llm-api must be one of {', '.join(LLM_APIS)}, got '{args.llm_api}'"
+    try:
+        ServedLLMAdvisor(base_url=args.llm_base_url, model=args.llm_model, api=args.llm_api,
+                         api_key_env=args.llm_api_key_env, model_path=args.llm_model_path,
+                         temperature=args.llm_temperature, cache_dir=None, mode=getattr(args, "llm_mode", "score"),
+                         top_logprobs=args.llm_top_logprobs, max_concurrency=args.llm_max_concurrency,
+                         max_rps=args.llm_max_rps, timeout=args.llm_timeout).close()
+    except (ValueError, FileNotFoundError) as error:
+        return str(error)
+    if args.llm_usd_per_mtok < 0:
+        return f"--llm-usd-per-mtok must be 0 or more, got {args.llm_usd_per_mtok}"
+    return None
+
+
+def usage_cost(stats: dict, usd_per_mtok: float) -> float:
+    return (stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)) * usd_per_mtok / 1e6
+
+
+def usage_summary(stats: dict, usd_per_mtok: float = 0.0) -> str:
+    """', 812 requests (3 retries), 140,000 prompt + 812 completion tokens, ~$0.03' for a served LLM; '' otherwise."""
+    if not stats.get("requests"):
+        return ""
+    cost = f", ~${usage_cost(stats, usd_per_mtok):.4f}" if usd_per_mtok > 0 else ""
+    return (f", {stats['requests']} requests ({stats['retries']} retries, {stats['failed_requests']} failed), "
+            f"{stats['prompt_tokens']:,} prompt + {stats['completion_tokens']:,} completion tokens{cost}")
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -897,13 +1355,17 @@ class NoisyExpertAdvisor:
 
 
 ADVISOR_NAMES = ("llm", "expert", "uniform", "random", "noisy-expert")
+SERVER_KWARGS = ("base_url", "model", "api", "api_key_env", "top_logprobs", "max_concurrency", "max_rps", "timeout")
 
 
 def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smoothing: float = 0.0,
                  accuracy: float = 1.0, calibrated: bool = False, **llm_kwargs):
-    """'llm' -> LLMAdvisor(**llm_kwargs); the others ignore the LLM arguments ('noisy-expert' takes `accuracy` and
-    `calibrated`)."""
+    """'llm' -> LLMAdvisor(**llm_kwargs), or ServedLLMAdvisor when llm_kwargs has a base_url; the others ignore the LLM
+    arguments ('noisy-expert' takes `accuracy` and `calibrated`)."""
     if name == "llm":
+        server_kwargs = {key: llm_kwargs.pop(key) for key in SERVER_KWARGS if key in llm_kwargs}
+        if server_kwargs.get("base_url"):
+            return ServedLLMAdvisor(actions=actions, **server_kwargs, **llm_kwargs)
         return LLMAdvisor(actions=actions, **llm_kwargs)
     if name == "expert":
         return ExpertAdvisor(smoothing=smoothing, actions=actions)

@@ -48,6 +48,22 @@ class Args:
     """softmax temperature over the action words' log-probs (higher = softer)"""
     llm_mode: str = "score"
     """'score' (next-token log-probs of the action words) or 'generate' (parse a short answer)"""
+    llm_base_url: str | None = None
+    """an OpenAI-compatible LLM server, e.g. http://127.0.0.1:8080/v1; None: the GGUF model in this process"""
+    llm_model: str | None = None
+    """the served model's name (default: the server's only model)"""
+    llm_api: str = "completions"
+    """completions: the in-process prompt text and next-token log-probs; chat: messages and the answer's top_logprobs"""
+    llm_api_key_env: str | None = None
+    """name of the environment variable that holds the server's API key (never the key itself)"""
+    llm_top_logprobs: int = 100
+    """top log-probs asked of the server per answer token (a server that allows fewer gets its maximum, 20)"""
+    llm_max_concurrency: int = 16
+    """server queries of one batch sent at once"""
+    llm_max_rps: float = 0.0
+    """at most this many server requests per second (0: no limit)"""
+    llm_timeout: float = 30.0
+    """seconds one server query may take, retries included"""
     llm_cache_dir: str | None = None
     """persistent cache; None: a fresh temporary directory, so uncached timings are honest"""
     output: str | None = None
@@ -110,14 +126,17 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
     actions = prompts.allowed_actions(env_id)
     llm_kwargs = dict(model_path=args.llm_model_path, n_gpu_layers=args.llm_n_gpu_layers,
                       n_threads=args.llm_n_threads, n_ctx=args.llm_n_ctx, temperature=args.llm_temperature,
-                      mode=args.llm_mode, cache_dir=cache_dir)
+                      mode=args.llm_mode, cache_dir=cache_dir, base_url=args.llm_base_url, model=args.llm_model,
+                      api=args.llm_api, api_key_env=args.llm_api_key_env, top_logprobs=args.llm_top_logprobs,
+                      max_concurrency=args.llm_max_concurrency, max_rps=args.llm_max_rps, timeout=args.llm_timeout)
     rows, summary = [], {}
 
     llm = prompts.make_advisor("llm", actions=actions, **llm_kwargs)
     probs, _ = run_batches(llm, texts, args.batch_size)  # pass 1: uncached (repeated states hit memory)
     stats = dict(llm.stats)
     _, cached_seconds = run_batches(llm, texts, args.batch_size)  # pass 2: same states, memory cache
-    raw_tok_per_s, raw_q_per_s = raw_eval_speed(llm, texts)
+    served = args.llm_base_url is not None  # no llama.cpp here to time bare evaluation with
+    raw_tok_per_s, raw_q_per_s = (float("nan"), float("nan")) if served else raw_eval_speed(llm, texts)
     llm.close()
     disk_llm = prompts.make_advisor("llm", actions=actions, **llm_kwargs)  # like a second run: disk cache
     _, disk_seconds = run_batches(disk_llm, texts, args.batch_size)
@@ -125,7 +144,7 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
     disk_llm.close()
 
     uncached_q_per_s = 1000 / stats["ms_per_uncached_query"]
-    llm_tok_per_s = stats["tokens_evaluated"] / (stats["misses"] * stats["ms_per_uncached_query"] / 1000)
+    llm_tok_per_s = stats["tokens_evaluated"] / max(stats["misses"] * stats["ms_per_uncached_query"] / 1000, 1e-9)
     answers = np.bincount(probs.argmax(axis=1), minlength=prompts.NUM_ACTIONS) / len(probs)
     summary = dict(uncached_q_per_s=uncached_q_per_s, tok_fraction=llm_tok_per_s / raw_tok_per_s,
                    agreement=agreement(probs, expert_actions))
@@ -168,7 +187,9 @@ def main(args: Args) -> str:
         if not env_id.startswith("BabyAI-"):
             raise ValueError(f"{env_id} is not a BabyAI level: the expert bot only solves BabyAI levels")
     threads = args.llm_n_threads or os.cpu_count()
-    header = [f"## Advice accuracy and speed: {os.path.basename(prompts.resolve_model_path(args.llm_model_path))}, "
+    model_name = (f"{args.llm_model or 'the served model'} at {args.llm_base_url} ({args.llm_api})" if args.llm_base_url
+                  else os.path.basename(prompts.resolve_model_path(args.llm_model_path)))
+    header = [f"## Advice accuracy and speed: {model_name}, "
               f"mode={args.llm_mode}, temperature={args.llm_temperature}, {threads} llama.cpp thread(s), "
               f"{args.num_states} states per level, {args.random_action_prob:.0%} random actions", ""]
     with tempfile.TemporaryDirectory() as temporary_cache_dir:

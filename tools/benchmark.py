@@ -38,6 +38,12 @@ class Args:
     """output folder (default: benchmarks/<preset>)"""
     llm_cache_dir: Optional[str] = None
     """LLM answer cache passed to the LLM scripts (default: theirs, ~/.cache/minigrid-llm-ppo)"""
+    llm_base_url: Optional[str] = None
+    """an OpenAI-compatible LLM server passed to every LLM run (--llm-base-url), so that parallel runs share it"""
+    llm_model: Optional[str] = None
+    """the served model's name passed with --llm-base-url (default: the server's only model)"""
+    llm_api: Optional[str] = None
+    """completions or chat, passed with --llm-base-url (default: the scripts' own, completions)"""
     dry_run: bool = False
     """print the commands and which runs are already done, run nothing"""
     only: Optional[str] = None
@@ -242,6 +248,9 @@ def command(run, out, args):
     if run["script"] != "ppo_baseline.py":
         if args.llm_cache_dir:
             flags += ["--llm-cache-dir", args.llm_cache_dir]
+        for name in ["llm_base_url", "llm_model", "llm_api"]:  # one server shared by every run
+            if args.llm_base_url and getattr(args, name):
+                flags += ["--" + name.replace("_", "-"), getattr(args, name)]
         if args.workers > 1:  # llama.cpp defaults to all cores: with other runs beside it, that is ~10x slower
             flags += ["--llm-n-threads", "1"]
     if run.get("after"):
@@ -363,6 +372,8 @@ if __name__ == "__main__":
     pending = [run for run in runs if run not in done]
     rerun = f"python tools/benchmark.py --preset {args.preset} --out {shlex.quote(out_arg)} --workers {args.workers}"
     rerun += f" --llm-cache-dir {shlex.quote(args.llm_cache_dir)}" if args.llm_cache_dir else ""
+    for name in ["llm_base_url", "llm_model", "llm_api"]:
+        rerun += f" --{name.replace('_', '-')} {shlex.quote(getattr(args, name))}" if getattr(args, name) else ""
     rerun += f" --only {shlex.quote(args.only)}" if args.only else ""
     print(f"preset {args.preset}: {len(runs)} runs, skipping {len(done)} finished (result.json present), "
           f"{len(pending)} to run with {args.workers} workers; output in {out_arg}", flush=True)

@@ -1,0 +1,152 @@
+"""The served LLM adviser against a real llama_cpp.server process on 127.0.0.1 (same embedded SmolLM2 GGUF)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from test_baseline import ROOT, TINY, only_run, run_script, scalars
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import prompts  # noqa: E402
+from advice_eval import collect_states  # noqa: E402
+
+SERVER_FLAGS = ["--llm-n-threads", "1"]
+
+
+def start_server(model_path):
+    """python -m llama_cpp.server on a free port; returns (process, base URL) once /v1/models answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1", "--port", str(port),
+         "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited with {process.returncode} (is llama-cpp-python[server] installed?)")
+        try:
+            if httpx.get(base_url + "/models", timeout=2).status_code == 200:
+                return process, base_url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    stop_server(process)
+    raise RuntimeError("llama_cpp.server did not answer within 120 s")
+
+
+def stop_server(process):
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def server():
+    process, base_url = start_server(prompts.default_model_path())
+    yield base_url
+    stop_server(process)
+
+
+def test_served_scores_equal_the_in_process_ones(server):
+    texts, _ = collect_states("BabyAI-UnlockLocal-v0", 20, 0.2, seed=1)
+    actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
+    local = prompts.make_advisor("llm", actions=actions, cache_dir=None, n_threads=1)
+    served = prompts.make_advisor("llm", actions=actions, cache_dir=None, base_url=server)
+    local_probs, served_probs = local.action_probs(texts), served.action_probs(texts)
+    assert served.stats["misses"] == len(set(texts)) and served.stats["requests"] >= len(set(texts))
+    assert served.stats["prompt_tokens"] > 0 and served.stats["fallbacks"] == 0
+    for text in texts:  # every allowed word came back in the top-100, with the in-process log-prob
+        local_raw, served_raw = np.array(local.raw_answer(text)), np.array(served.raw_answer(text))
+        assert np.all(np.isfinite(served_raw[actions]))
+        np.testing.assert_allclose(served_raw[actions], local_raw[actions], atol=1e-4)
+    np.testing.assert_allclose(served_probs, local_probs, atol=1e-4)  # tolerance: 1e-4 in probability
+    # Subgoal ranking goes through the same backend and ranks like the in-process model.
+    candidates = ["go to the yellow key", "pick up the yellow key", "go to the locked yellow door"]
+    np.testing.assert_allclose(served.subgoal_probs(texts[0], candidates), local.subgoal_probs(texts[0], candidates),
+                               atol=1e-3)
+    local.close()
+    served.close()
+
+
+def test_a_small_top_k_floors_missing_words_and_rps_is_capped(server):
+    texts, _ = collect_states("BabyAI-UnlockLocal-v0", 12, 0.2, seed=2)
+    texts = list(dict.fromkeys(texts))
+    actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
+    served = prompts.make_advisor("llm", actions=actions, cache_dir=None, base_url=server, top_logprobs=2, max_rps=5)
+    start = time.monotonic()
+    probs = served.action_probs(texts)
+    elapsed = time.monotonic() - start
+    assert served.stats["requests"] == len(texts)  # llama_cpp.server's echo fails the start-up check: no echo
+    assert (served.stats["requests"] - 1) / elapsed <= 5.0  # requests start at least 1/5 s apart
+    assert np.allclose(probs.sum(1), 1) and np.any(np.isclose(probs[:, actions], prompts.PROB_FLOOR, rtol=0.01))
+    served.close()
+
+
+def run_served(script, *flags, run_dir, cache_dir, base_url):
+    return run_script("--llm-base-url", base_url, "--run-dir", str(run_dir), "--llm-cache-dir", str(cache_dir),
+                      "--total-timesteps", "256", *TINY, *flags, script=script)
+
+
+@pytest.mark.parametrize("script, env_id", [("ppo_llm_policy.py", "MiniGrid-DoorKey-5x5-v0"),
+                                            ("ppo_llm_explore.py", "BabyAI-UnlockLocal-v0")])
+def test_tiny_runs_log_usage_and_a_second_run_makes_no_request(server, script, env_id, tmp_path):
+    first = run_served(script, "--env-id", env_id, "--llm-usd-per-mtok", "0.5", run_dir=tmp_path / "first",
+                       cache_dir=tmp_path / "cache", base_url=server)
+    assert first.returncode == 0, first.stderr[-3000:]
+    logged = scalars(only_run(str(tmp_path / "first")))
+    assert sum(logged["llm/uncached_queries"]) > 0 and logged["llm/requests"][-1] > 0
+    assert logged["llm/prompt_tokens"][-1] > 0 and logged["llm/usd"][-1] > 0
+    assert "requests (0 retries, 0 failed)" in first.stdout and "prompt +" in first.stdout
+    second = run_served(script, "--env-id", env_id, run_dir=tmp_path / "second", cache_dir=tmp_path / "cache",
+                        base_url=server)
+    assert second.returncode == 0, second.stderr[-3000:]
+    logged = scalars(only_run(str(tmp_path / "second")))
+    assert sum(logged["llm/uncached_queries"]) == 0 and logged["llm/requests"][-1] == 0
+
+
+def test_a_server_stopped_mid_run_gives_fallbacks_and_one_warning(tmp_path):
+    process, base_url = start_server(prompts.default_model_path())
+    try:
+        run = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "ppo_llm_policy.py"), "--llm-base-url", base_url, "--llm-timeout", "2",
+             "--llm-anneal-frac", "1", "--total-timesteps", "1536", *TINY, "--log-every", "1", "--run-dir",
+             str(tmp_path / "runs"), "--llm-cache-dir", "none"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first_line = run.stdout.readline()
+        while first_line and not first_line.startswith("update 1/"):
+            first_line = run.stdout.readline()
+        assert first_line.startswith("update 1/"), run.stderr.read()[-3000:]
+        stop_server(process)
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        stop_server(process)
+    assert run.returncode == 0, stderr[-3000:]
+    warnings = [line for line in stderr.splitlines() if line.startswith("warning: the LLM server")]
+    assert len(warnings) == 1, stderr[-3000:]
+    fallbacks = int(stdout.split(" fallbacks")[0].rsplit(" ", 1)[1])
+    assert fallbacks > 0 and "failed)" in stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--llm-base-url", "http://127.0.0.1:9/v1"], "cannot reach an LLM server"),
+    (["--llm-model", "no-such-model"], "is not one of them"),
+    (["--llm-api-key-env", "MINIGRID_LLM_PPO_NO_SUCH_KEY"], "environment variable is not set"),
+])
+def test_bad_server_set_up_gives_one_line_and_no_run_directory(server, flags, message, tmp_path):
+    result = run_script("--llm-base-url", server, *flags, "--run-dir", str(tmp_path / "runs"), script="ppo_llm_policy.py")
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "runs")
