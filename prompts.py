@@ -904,7 +904,7 @@ def top_logprobs(answer: dict, api: str) -> list[tuple[str, float]]:
     """(token text, log-prob) pairs of the first answer token's top-K, from a completions or chat answer."""
     try:
         logprobs = answer["choices"][0]["logprobs"]
-        if api == "chat":
+        if api == "chat" or "content" in logprobs:  # the chat form (llama-server uses it for completions too)
             return [(str(entry["token"]), float(entry["logprob"])) for entry in logprobs["content"][0]["top_logprobs"]]
         return [(str(text), float(value)) for text, value in logprobs["top_logprobs"][0].items()]
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):

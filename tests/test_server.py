@@ -1,5 +1,7 @@
 """The served LLM adviser against a real llama_cpp.server process on 127.0.0.1 (same embedded SmolLM2 GGUF)."""
 
+import glob
+import json
 import os
 import signal
 import socket
@@ -17,7 +19,6 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import prompts  # noqa: E402
 from advice_eval import collect_states  # noqa: E402
 
-SERVER_FLAGS = ["--llm-n-threads", "1"]
 
 
 def start_server(model_path):
@@ -27,7 +28,7 @@ def start_server(model_path):
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1", "--port", str(port),
-         "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048"],
+         "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "512"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
@@ -150,3 +151,15 @@ def test_bad_server_set_up_gives_one_line_and_no_run_directory(server, flags, me
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_the_benchmark_passes_the_server_to_its_llm_runs(server, tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--only", "policy+llm",
+               "--workers", "1", "--out", str(tmp_path), "--llm-cache-dir", str(tmp_path / "cache"),
+               "--llm-base-url", server]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (path,) = glob.glob(str(tmp_path / "runs" / "*policy+llm*" / "result.json"))
+    with open(path) as f:
+        made = json.load(f)
+    assert f"--llm-base-url {server}" in made["command"] and "requests (0 retries" in made["llm_summary"]
