@@ -163,3 +163,17 @@ def test_the_benchmark_passes_the_server_to_its_llm_runs(server, tmp_path):
     with open(path) as f:
         made = json.load(f)
     assert f"--llm-base-url {server}" in made["command"] and "requests (0 retries" in made["llm_summary"]
+
+
+def test_the_chat_api_reads_answer_words_or_counts_a_fallback(server):
+    texts, _ = collect_states("BabyAI-GoToLocal-v0", 6, 0.2, seed=3)
+    texts = list(dict.fromkeys(texts))
+    actions = prompts.allowed_actions("BabyAI-GoToLocal-v0")
+    chat = prompts.make_advisor("llm", actions=actions, cache_dir=None, base_url=server, api="chat")
+    probs = chat.action_probs(texts)
+    uniform = prompts.finalize_probs(prompts.uniform_probs(actions))
+    no_word = [np.allclose(row, uniform) for row in probs]  # SmolLM2's chat answers often start with "You ..."
+    assert chat.stats["fallbacks"] == sum(no_word) and np.allclose(probs.sum(1), 1)
+    ranked = chat.subgoal_probs(texts[0], ["go to the red ball", "go to the grey door", "go to the blue key"])
+    assert np.isclose(ranked.sum(), 1) and ranked.max() - ranked.min() > 0.01  # the digits came back with log-probs
+    chat.close()
