@@ -842,9 +842,9 @@ class LLMServer:
                 self.counts[name] += value
 
     def request(self, method: str, path: str, payload: dict | None = None, retry: bool = True,
-                budget: float | None = None) -> dict:
+                budget: float | None = None, retry_refused: bool = True) -> dict:
         """The JSON answer of one request (retried as the class says, for `budget` seconds instead of the timeout
-        if given); raises ServerError when it gives up."""
+        if given, and not after a refused connection without `retry_refused`); raises ServerError when it gives up."""
         import httpx
 
         deadline, attempt = time.monotonic() + (self.timeout if budget is None else budget), 0
@@ -868,7 +868,8 @@ class LLMServer:
                 with contextlib.suppress(ValueError, TypeError):
                     retry_after = float(response.headers.get("retry-after", 0))
             except httpx.TransportError as error:  # refused, reset, timed out
-                problem, retryable = f"{type(error).__name__} ({error})", True
+                problem = f"{type(error).__name__} ({error})"
+                retryable = retry_refused or not isinstance(error, httpx.ConnectError)
             except (ValueError, AttributeError) as error:  # a 2xx answer that is not a JSON object
                 problem, retryable = f"an answer that is not JSON ({error})", False
             delay = max(retry_after, self.jitter.uniform(0, min(MAX_BACKOFF_SECONDS, 0.1 * 2 ** attempt)))
@@ -883,7 +884,8 @@ class LLMServer:
     def model_ids(self) -> list[str]:
         """The served models' names (GET /models), for the up-front checks and the cache identity."""
         try:
-            answer = self.request("GET", "/models", budget=min(self.timeout, 5.0))  # a wrong URL should not wait long
+            # A refused connection fails at once (a wrong URL should not wait); a slow or busy server gets time.
+            answer = self.request("GET", "/models", budget=max(self.timeout, 10.0), retry_refused=False)
         except ServerError as error:
             if "HTTP 401" in str(error) or "HTTP 403" in str(error):
                 raise ValueError(f"the LLM server at {self.base_url} refused the request ({str(error)[:80]}): "
@@ -967,8 +969,12 @@ class ServedLLMAdvisor(LLMAdvisor):
         if self.suffix and not self.suffix[-1].isspace() and self.lead_in:
             self.lead_in = " " + self.lead_in  # e.g. Llama-2's "[/INST] Action:"
         self.subgoal_prefix, self.subgoal_suffix, self.subgoal_lead_in = subgoal_prompt(**self.template_kwargs)
-        self.echo_scoring = False
-        self.echo_scoring = self._probe()
+        self.echo_scoring, run_timeout = False, self.server.timeout
+        self.server.timeout = max(run_timeout, 10.0)  # the start-up checks wait for a busy server; queries do not
+        try:
+            self.echo_scoring = self._probe()
+        finally:
+            self.server.timeout = run_timeout
 
         self.identity = f"served:{self.api}:top{self.top_k}:echo{int(self.echo_scoring)}:{self.model}"
         self.static_key = "\n".join([self.identity, mode, self.prefix, self.suffix, self.lead_in,
@@ -1083,9 +1089,9 @@ class ServedLLMAdvisor(LLMAdvisor):
         return None
 
     def _warn(self, error: ServerError):
-        self.stats["fallbacks_after_errors"] = self.stats.get("fallbacks_after_errors", 0) + 1
-        if not self.warned:
-            self.warned = True
+        with self.server.lock:  # queries run in threads: one warning line in all
+            first, self.warned = not self.warned, True
+        if first:
             print(f"warning: the LLM server at {self.server.base_url} failed ({str(error)[:160]}); such states get "
                   f"uniform advice (counted in the fallbacks) and training goes on", file=sys.stderr, flush=True)
 
