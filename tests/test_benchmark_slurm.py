@@ -66,7 +66,8 @@ def test_tiny_preset_on_slurm_gives_the_local_results_and_resumes(slurm, tmp_pat
     local, slurm_out = tmp_path / "local", tmp_path / "slurm"
     first, local_seconds = call(benchmark_command(local))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    on_slurm, slurm_seconds = call(benchmark_command(slurm_out, "--launcher", "slurm"), env=slurm["env"])
+    options = ["--slurm-time", "10", "--slurm-mem", "1G", "--slurm-sbatch-args", "comment=tiny-test"]
+    on_slurm, slurm_seconds = call(benchmark_command(slurm_out, "--launcher", "slurm", *options), env=slurm["env"])
     assert on_slurm.returncode == 0, on_slurm.stdout[-3000:] + on_slurm.stderr[-3000:]
     print(f"tiny preset: local {local_seconds:.0f} s, slurm {slurm_seconds:.0f} s")
 
@@ -82,10 +83,13 @@ def test_tiny_preset_on_slurm_gives_the_local_results_and_resumes(slurm, tmp_pat
         assert {k: ran_there.get(k) for k in SAME} == {k: ran_here.get(k) for k in SAME}, run["key"]
         assert (slurm_out / "logs" / f"{run['key']}.log").read_text().startswith(ran_there["command"])
     assert "slurm: 5 done, 0 running, 0 pending, 0 failed of 5" in on_slurm.stdout
+    sbatch_file = next((slurm_out / "slurm").glob("*_submission.sh")).read_text()
+    for line in ["--time=10", "--mem=1G", "--comment=tiny-test", "--cpus-per-task=1", "--kill-on-invalid-dep=yes"]:
+        assert f"#SBATCH {line}\n" in sbatch_file
     assert (slurm_out / "curves.png").stat().st_size > 1000 and "## Transfer" in (slurm_out / "results.md").read_text()
 
     # A second call finds every result.json and submits nothing.
-    second, seconds = call(benchmark_command(slurm_out, "--launcher", "slurm"), env=slurm["env"])
+    second, seconds = call(benchmark_command(slurm_out, "--launcher", "slurm", *options), env=slurm["env"])
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"skipping {len(runs)} finished" in second.stdout and "0 to run" in second.stdout
     assert "submitted" not in second.stdout and seconds < 60
@@ -151,3 +155,11 @@ def test_launcher_input_errors_are_one_line_and_exit_2(tmp_path):
     local, _ = call(benchmark_command(tmp_path, "--dry-run"), timeout=60)
     slurm, _ = call(benchmark_command(tmp_path, "--dry-run", "--launcher", "slurm"), timeout=60)
     assert local.returncode == slurm.returncode == 0 and local.stdout == slurm.stdout and "[todo]" in local.stdout
+
+
+def test_a_job_that_sbatch_refuses_is_one_line_and_exit_2(slurm, tmp_path):
+    result, _ = call(benchmark_command(tmp_path, "--launcher", "slurm", "--slurm-partition", "no-such-partition"),
+                     env=slurm["env"], timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error: sbatch refused a job: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "no-such-partition" in result.stderr.lower()
+    assert squeue(slurm) == ""

@@ -14,7 +14,9 @@ run that needs another's checkpoint); the jobs run the same command into the sam
 system the nodes share. --no-wait exits once they are submitted; the same command later collects them and plots.
 """
 
+import contextlib
 import glob
+import io
 import json
 import os
 import re
@@ -493,6 +495,8 @@ def launch_slurm(args, pending, out):
     local loop does. A run whose job an earlier call submitted and Slurm still lists is waited for, not resubmitted."""
     if not pending:
         return {}
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     os.makedirs(os.path.join(out, "slurm"), exist_ok=True)
     record = os.path.join(out, "slurm", "jobs.json")  # key -> job id of every job submitted for this folder
@@ -514,7 +518,13 @@ def launch_slurm(args, pending, out):
     start, failed, gone = time.time(), {}, {}
     try:
         try:
-            submit_slurm(args, [run for run in pending if run["key"] not in adopted], out, ids)
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes a refusing sbatch's stderr: said below
+                submit_slurm(args, [run for run in pending if run["key"] not in adopted], out, ids)
+        except (FailedJobError, FailedSubmissionError) as e:  # e.g. an unknown partition: no half-submitted grid
+            submitted = [job_id for key, job_id in ids.items() if key not in adopted]
+            subprocess.run(["scancel", *submitted], capture_output=True) if submitted else None
+            usage_error(f"sbatch refused a job: {str(e).strip().splitlines()[0]}"
+                        + (f" (cancelled the {len(submitted)} jobs submitted before it)" if submitted else ""))
         finally:  # what was submitted, even if sbatch refused a later job
             with open(record, "w") as f:
                 json.dump(jobs | ids, f, indent=1)
