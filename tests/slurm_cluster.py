@@ -26,12 +26,15 @@ class ClusterError(RuntimeError):
 
 def install():
     """apt-get install slurm-wlm and munge when a daemon or client is missing (root, Debian/Ubuntu)."""
+    for sbin in ["/usr/sbin", "/sbin"]:  # munged, slurmctld and slurmd live there, not always on a PATH
+        if sbin not in os.environ["PATH"].split(os.pathsep):
+            os.environ["PATH"] += os.pathsep + sbin
     if all(shutil.which(name) for name in DAEMONS):
         return
     if not shutil.which("apt-get") or os.geteuid() != 0:
         raise ClusterError(f"Slurm is not installed and cannot be: apt-get install -y {' '.join(PACKAGES)} needs root")
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", *PACKAGES]
+    install = ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", *PACKAGES]  # wait for another apt
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:  # a fresh machine has no package lists
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
         done = subprocess.run(install, env=env, capture_output=True, text=True)
@@ -51,7 +54,7 @@ def free_port():
 def node_line(host):
     """This host as slurmd sees it (CPUs, sockets, cores, memory), under its short name."""
     line = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
-    return " ".join([f"NodeName={host}", *line.split()[1:]])
+    return " ".join([f"NodeName={host} NodeAddr=127.0.0.1", *line.split()[1:]])  # whether or not DNS knows host
 
 
 def write_conf(folder, munge_socket):
@@ -60,7 +63,7 @@ def write_conf(folder, munge_socket):
     for path in paths.values():
         os.makedirs(path, exist_ok=True)
     conf = f"""ClusterName=tests
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
 SlurmUser=root

@@ -51,15 +51,15 @@ class Args:
     launcher: str = "local"
     """where the runs run: local (subprocesses, --workers at a time) or slurm (one Slurm job each, through submitit)"""
     slurm_partition: Optional[str] = None
-    """--launcher slurm: the partition to submit to (default: the cluster's default partition)"""
+    """--launcher slurm: the partition to submit to (None: the cluster's default one)"""
     slurm_time: int = 60
     """--launcher slurm: time limit of each run's job, in minutes"""
     slurm_cpus_per_task: int = 1
     """--launcher slurm: CPUs for each run"""
     slurm_gpus_per_task: Optional[int] = None
-    """--launcher slurm: GPUs for each run (the scripts use one with --cuda)"""
+    """--launcher slurm: GPUs for each run's job"""
     slurm_mem: Optional[str] = None
-    """--launcher slurm: memory for each run, as sbatch --mem takes it, e.g. 8G (default: the cluster's)"""
+    """--launcher slurm: memory for each run, as sbatch --mem takes it, e.g. 8G (None: the cluster's default)"""
     slurm_array_parallelism: int = 256
     """--launcher slurm: at most this many runs of the job array at the same time"""
     slurm_sbatch_args: str = ""
