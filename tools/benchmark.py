@@ -522,7 +522,8 @@ def launch_slurm(args, pending, out):
                 submit_slurm(args, [run for run in pending if run["key"] not in adopted], out, ids)
         except (FailedJobError, FailedSubmissionError) as e:  # e.g. an unknown partition: no half-submitted grid
             submitted = [job_id for key, job_id in ids.items() if key not in adopted]
-            subprocess.run(["scancel", *submitted], capture_output=True) if submitted else None
+            if submitted:
+                subprocess.run(["scancel", *submitted], capture_output=True)
             usage_error(f"sbatch refused a job: {str(e).strip().splitlines()[0]}"
                         + (f" (cancelled the {len(submitted)} jobs submitted before it)" if submitted else ""))
         finally:  # what was submitted, even if sbatch refused a later job
@@ -578,6 +579,7 @@ def launch_slurm(args, pending, out):
         print(f"finished runs are kept; resume with:\n    {again}", flush=True)
         sys.exit(130)
     return failed
+
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
