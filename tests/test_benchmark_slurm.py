@@ -163,3 +163,20 @@ def test_a_job_that_sbatch_refuses_is_one_line_and_exit_2(slurm, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: sbatch refused a job: "), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "no-such-partition" in result.stderr.lower()
     assert squeue(slurm) == ""
+
+
+def test_no_wait_submits_and_the_same_command_later_collects(slurm, tmp_path):
+    command = benchmark_command(tmp_path, "--launcher", "slurm", "--only", "zeroshot", "--no-wait")
+    submitted, _ = call(command, env=slurm["env"])
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "1 runs submitted to Slurm now" in submitted.stdout and "--no-wait: not waiting" in submitted.stdout
+    jobs = json.loads((tmp_path / "slurm" / "jobs.json").read_text())
+    again, _ = call(command, env=slurm["env"])  # while it runs: waits for that job, submits nothing
+    assert again.returncode == 0 and json.loads((tmp_path / "slurm" / "jobs.json").read_text()) == jobs
+    assert "0 runs submitted to Slurm now, 1 still queued" in again.stdout or "skipping 1 finished" in again.stdout
+    deadline = time.time() + 120
+    while squeue(slurm) and time.time() < deadline:
+        time.sleep(1)
+    collected, _ = call(command, env=slurm["env"])
+    assert collected.returncode == 0 and "skipping 1 finished" in collected.stdout, collected.stdout[-3000:]
+    assert "## Zero-shot" in (tmp_path / "results.md").read_text()
