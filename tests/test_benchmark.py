@@ -113,3 +113,15 @@ def test_bench_fps_prints_a_ratio_per_run_and_a_median_per_script():
         assert int(fps) > 0 and float(raw_around) > 0 and 0 < int(ratio.strip().rstrip("%")) <= 1000
     median_row = next(line for line in result.stdout.splitlines() if line.startswith("| ppo_baseline.py | 2 | "))
     assert median_row.split("|")[4].strip().endswith("%")
+
+
+def test_llm_base_url_reaches_every_llm_run_and_only_those(tmp_path):
+    for launcher in ("local", "slurm"):  # the Slurm jobs run the very commands the dry run prints
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--dry-run", "--out",
+             str(tmp_path), "--launcher", launcher, "--llm-base-url", "http://127.0.0.1:9/v1"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        commands = [line for line in result.stdout.splitlines() if line.startswith("    python ")]
+        assert commands and all(("--llm-base-url http://127.0.0.1:9/v1" in line) == ("ppo_llm_" in line)
+                                for line in commands)
