@@ -379,6 +379,15 @@ def uniform_probs(actions: list[int]) -> np.ndarray:
 NO_ADVICE = np.full(NUM_ACTIONS, 1.0 / NUM_ACTIONS, dtype=np.float32)  # uniform over all actions
 
 
+SUBGOAL_ORDERS = ("listed", "cyclic")  # how the candidates are shown to an LLM: as listed, or in every cyclic shift
+
+
+def check_subgoal_orders(subgoal_orders: str) -> str:
+    if subgoal_orders not in SUBGOAL_ORDERS:
+        raise ValueError(f"--llm-subgoal-orders must be one of {', '.join(SUBGOAL_ORDERS)}, got {subgoal_orders!r}")
+    return subgoal_orders
+
+
 def check_actions(actions) -> list[int]:
     actions = ALL_ACTIONS if actions is None else sorted({int(a) for a in actions})
     if not actions or not all(0 <= a < NUM_ACTIONS for a in actions):
@@ -426,9 +435,11 @@ class LLMAdvisor:
 
     def __init__(self, model_path: str | None = None, n_gpu_layers: int = 0, n_threads: int | None = None,
                  n_ctx: int = 512, temperature: float = 1.0, cache_dir: str | None = DEFAULT_CACHE_DIR,
-                 mode: str = "score", actions: list[int] | None = None, memory_cache_size: int = 100_000):
+                 mode: str = "score", actions: list[int] | None = None, memory_cache_size: int = 100_000,
+                 subgoal_orders: str = "listed"):
         if mode not in ("score", "generate"):
             raise ValueError(f"--llm-mode must be 'score' or 'generate', got {mode!r}")
+        self.subgoal_orders = check_subgoal_orders(subgoal_orders)
         if not temperature > 0:
             raise ValueError(f"--llm-temperature must be > 0, got {temperature}")
         n_threads = n_threads or os.cpu_count() or 1
@@ -751,25 +762,36 @@ class LLMAdvisor:
 
     def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
         """(n,) float32 distribution over the candidates (temperature-softmaxed number log-likelihoods); a candidate
-        without a score (a server's top-K that missed it) gets the floor probability. No candidates: empty; one
-        candidate: [1.0] without a query. `expert_plan` is ignored."""
+        without a score (a server's top-K that missed it) gets the floor probability. With subgoal_orders="cyclic" the
+        candidates are also shown in their n cyclic shifts (each one once in every position) and the distributions
+        are averaged back onto them: the usual control for a multiple-choice position bias (n queries, each cached).
+        No candidates: empty; one candidate: [1.0] without a query. `expert_plan` is ignored."""
         candidate_texts = check_candidates(candidate_texts)
-        if len(candidate_texts) <= 1:
-            return np.ones(len(candidate_texts), dtype=np.float32)
-        raw = self.raw_subgoal_scores(subgoal_query(obs_text, candidate_texts), len(candidate_texts))
+        n = len(candidate_texts)
+        if n <= 1:
+            return np.ones(n, dtype=np.float32)
+        shifts = range(n) if self.subgoal_orders == "cyclic" else [0]
+        total, answered = np.zeros(n), 0
+        for shift in shifts:
+            order = [(i + shift) % n for i in range(n)]
+            raw = self.raw_subgoal_scores(subgoal_query(obs_text, [candidate_texts[i] for i in order]), n)
+            raw = np.full(n, np.nan) if raw is None else np.asarray(raw, dtype=np.float64)
+            if not np.any(np.isfinite(raw)):
+                continue
+            scores = np.where(np.isfinite(raw), raw, -np.inf) / self.temperature
+            probs = np.exp(scores - scores.max())
+            probs = probs / probs.sum()
+            if not np.all(np.isfinite(raw)):
+                probs = np.maximum(probs, PROB_FLOOR)
+                probs = probs / probs.sum()
+            total[order] += probs
+            answered += 1
         self.stats["queries"] += 1
         self._update_rates()
-        raw = np.full(len(candidate_texts), np.nan) if raw is None else np.asarray(raw, dtype=np.float64)
-        if not np.any(np.isfinite(raw)):
+        if not answered:
             self.stats["fallbacks"] += 1
-            return np.full(len(raw), 1.0 / len(raw), dtype=np.float32)
-        scores = np.where(np.isfinite(raw), raw, -np.inf) / self.temperature
-        probs = np.exp(scores - scores.max())
-        probs = probs / probs.sum()
-        if not np.all(np.isfinite(raw)):
-            probs = np.maximum(probs, PROB_FLOOR)
-            probs = probs / probs.sum()
-        return probs.astype(np.float32)
+            return np.full(n, 1.0 / n, dtype=np.float32)
+        return (total / answered).astype(np.float32)
 
     def close(self):
         if self.disk_cache is not None:
@@ -942,9 +964,11 @@ class ServedLLMAdvisor(LLMAdvisor):
                  model_path: str | None = None, temperature: float = 1.0, cache_dir: str | None = DEFAULT_CACHE_DIR,
                  mode: str = "score", actions: list[int] | None = None, top_logprobs: int = 100,
                  max_concurrency: int = 16, max_rps: float = 0.0, timeout: float = 30.0,
-                 memory_cache_size: int = 100_000, n_gpu_layers=None, n_threads=None, n_ctx=None):
+                 memory_cache_size: int = 100_000, subgoal_orders: str = "listed", n_gpu_layers=None, n_threads=None,
+                 n_ctx=None):
         if mode not in ("score", "generate"):
             raise ValueError(f"--llm-mode must be 'score' or 'generate', got {mode!r}")
+        self.subgoal_orders = check_subgoal_orders(subgoal_orders)
         if api not in LLM_APIS:
             raise ValueError(f"--llm-api must be one of {', '.join(LLM_APIS)}, got {api!r}")
         if not temperature > 0:
