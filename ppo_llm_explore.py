@@ -125,6 +125,8 @@ class Args:
     """softens (>1) or sharpens (<1) the LLM's distribution over subgoals (and actions)"""
     llm_cache_dir: str = prompts.DEFAULT_CACHE_DIR
     """persistent cache of LLM answers ("none" disables it): a second run on the same states is nearly free"""
+    llm_subgoal_orders: str = "listed"
+    """how the LLM sees the candidates: listed (nearest first), or cyclic (every cyclic shift, averaged: no position bias)"""
     llm_base_url: Optional[str] = None
     """an OpenAI-compatible LLM server (llama-server, vLLM, Ollama, OpenAI), e.g. http://127.0.0.1:8080/v1; default: none,
     the GGUF model runs in this process"""
@@ -395,6 +397,8 @@ def check_args(args):
             prompts.resolve_model_path(args.llm_model_path)
         except (FileNotFoundError, ValueError) as error:
             fail(str(error))
+    if args.llm_subgoal_orders not in prompts.SUBGOAL_ORDERS:
+        fail(f"--llm-subgoal-orders must be one of {', '.join(prompts.SUBGOAL_ORDERS)}, got '{args.llm_subgoal_orders}'")
     if args.advisor == "llm" and args.llm_base_url:
         if message := prompts.served_llm_error(args):
             fail(message)
@@ -443,6 +447,7 @@ if __name__ == "__main__":
         n_ctx=args.llm_n_ctx,
         temperature=args.llm_temperature,
         cache_dir=args.llm_cache_dir,
+        subgoal_orders=args.llm_subgoal_orders,
         base_url=args.llm_base_url,
         model=args.llm_model,
         api=args.llm_api,

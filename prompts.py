@@ -1196,7 +1196,8 @@ def served_llm_error(args) -> str | None:
                          api_key_env=args.llm_api_key_env, model_path=args.llm_model_path,
                          temperature=args.llm_temperature, cache_dir=None, mode=getattr(args, "llm_mode", "score"),
                          top_logprobs=args.llm_top_logprobs, max_concurrency=args.llm_max_concurrency,
-                         max_rps=args.llm_max_rps, timeout=args.llm_timeout).close()
+                         max_rps=args.llm_max_rps, timeout=args.llm_timeout,
+                         subgoal_orders=getattr(args, "llm_subgoal_orders", "listed")).close()
     except (ValueError, FileNotFoundError) as error:
         return str(error)
     if args.llm_usd_per_mtok < 0:

@@ -68,6 +68,11 @@ class Args:
     """persistent cache; None: a fresh temporary directory, so uncached timings are honest"""
     output: str | None = None
     """also write the Markdown report to this file"""
+    subgoal_env_ids: tuple[str, ...] = ("BabyAI-KeyCorridorS3R1-v0", "BabyAI-UnlockLocal-v0",
+                                        "BabyAI-UnlockPickup-v0", "BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0")
+    """BabyAI levels for the subgoal-ranking table (ppo_llm_explore.py's question: which visible subgoal next?)"""
+    subgoal_states: int = 60
+    """states per level for the subgoal-ranking table (0: no ranking table)"""
 
 
 def collect_states(env_id: str, num_states: int, random_action_prob: float, seed: int):
@@ -121,24 +126,28 @@ def raw_eval_speed(advisor, texts):
     return n_tokens / seconds, len(dict.fromkeys(texts)) / seconds
 
 
+def llm_kwargs(args: Args, cache_dir: str) -> dict:
+    return dict(model_path=args.llm_model_path, n_gpu_layers=args.llm_n_gpu_layers, n_threads=args.llm_n_threads,
+                n_ctx=args.llm_n_ctx, temperature=args.llm_temperature, mode=args.llm_mode, cache_dir=cache_dir,
+                base_url=args.llm_base_url, model=args.llm_model, api=args.llm_api, api_key_env=args.llm_api_key_env,
+                top_logprobs=args.llm_top_logprobs, max_concurrency=args.llm_max_concurrency, max_rps=args.llm_max_rps,
+                timeout=args.llm_timeout)
+
+
 def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
     texts, expert_actions = collect_states(env_id, args.num_states, args.random_action_prob, args.seed)
     actions = prompts.allowed_actions(env_id)
-    llm_kwargs = dict(model_path=args.llm_model_path, n_gpu_layers=args.llm_n_gpu_layers,
-                      n_threads=args.llm_n_threads, n_ctx=args.llm_n_ctx, temperature=args.llm_temperature,
-                      mode=args.llm_mode, cache_dir=cache_dir, base_url=args.llm_base_url, model=args.llm_model,
-                      api=args.llm_api, api_key_env=args.llm_api_key_env, top_logprobs=args.llm_top_logprobs,
-                      max_concurrency=args.llm_max_concurrency, max_rps=args.llm_max_rps, timeout=args.llm_timeout)
+    kwargs = llm_kwargs(args, cache_dir)
     rows, summary = [], {}
 
-    llm = prompts.make_advisor("llm", actions=actions, **llm_kwargs)
+    llm = prompts.make_advisor("llm", actions=actions, **kwargs)
     probs, _ = run_batches(llm, texts, args.batch_size)  # pass 1: uncached (repeated states hit memory)
     stats = dict(llm.stats)
     _, cached_seconds = run_batches(llm, texts, args.batch_size)  # pass 2: same states, memory cache
     served = args.llm_base_url is not None  # no llama.cpp here to time bare evaluation with
     raw_tok_per_s, raw_q_per_s = (float("nan"), float("nan")) if served else raw_eval_speed(llm, texts)
     llm.close()
-    disk_llm = prompts.make_advisor("llm", actions=actions, **llm_kwargs)  # like a second run: disk cache
+    disk_llm = prompts.make_advisor("llm", actions=actions, **kwargs)  # like a second run: disk cache
     _, disk_seconds = run_batches(disk_llm, texts, args.batch_size)
     disk_hit_rate = disk_llm.stats["hit_rate"]
     disk_llm.close()
@@ -182,8 +191,109 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+# --- subgoal ranking: does the adviser put the bot's next planned subgoal first? ---
+def collect_subgoal_states(env_id: str, num_states: int, random_action_prob: float, seed: int):
+    """(observation text, candidate subgoals, the one the bot plans next, the view) from bot-led rollouts: states with
+    at least two candidates, one of them on the bot's plan (the first one on it is the target)."""
+    env = prompts.SubgoalTracker(prompts.BabyAIBotWrapper(gym.make(env_id)))
+    rng, actions, states, episode = np.random.default_rng(seed), prompts.allowed_actions(env_id), [], 0
+    while len(states) < num_states and episode < 50 * num_states:
+        obs, info = env.reset(seed=seed * 10_000 + episode)
+        episode, done = episode + 1, False
+        while not done and len(states) < num_states:
+            candidates = [s.text for s in prompts.candidate_subgoals(obs["image"], obs["direction"], obs["mission"],
+                                                                     actions)]
+            planned = [text for text in info["expert_plan"].split("\n") if text in candidates]
+            if len(candidates) >= 2 and planned:
+                text = prompts.describe_observation(obs["image"], obs["direction"], obs["mission"])
+                states.append((text, candidates, planned[0], obs["image"], obs["mission"]))
+            expert_action = info["expert_action"]
+            action = int(rng.choice(actions)) if expert_action < 0 or rng.random() < random_action_prob else expert_action
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+    env.close()
+    return states
+
+
+KIND_ORDER = ("pickup", "open", "through", "goto", "drop")  # the fixed order a user might try first
+
+
+def one_of(best: np.ndarray) -> np.ndarray:
+    """Ties split evenly: the heuristics' distribution over candidates from a mask of the best ones."""
+    return best / best.sum()
+
+
+def heuristic_probs(name: str, candidates: list[str], image, mission: str) -> np.ndarray:
+    """Two-line rankers: the nearest candidate, the mission's object, a fixed kind order, or the k-th listed."""
+    n = len(candidates)
+    if name.startswith("always "):
+        return np.eye(n)[min(int(name.split()[1][0]) - 1, n - 1)]
+    subgoals = [next(s for s in prompts.candidate_subgoals(image, 0, mission) + [None] if s is None or s.text == text)
+                for text in candidates]
+    if name == "nearest first":
+        distance = []
+        for subgoal in subgoals:
+            cells = [abs(prompts.AGENT_Y - y) + abs(x - prompts.AGENT_X) for x in range(7) for y in range(7)
+                     if prompts.IDX_TO_OBJECT.get(int(image[x, y, 0])) == subgoal.object_type
+                     and prompts.IDX_TO_COLOR.get(int(image[x, y, 1])) == subgoal.color]
+            distance.append(min(cells) if cells else 0)  # drop: the carried object, at distance 0
+        return one_of(np.array(distance) == min(distance))
+    if name == "mission's object first":
+        mentioned = np.array([prompts.mentioned_in(mission, s.object_type, s.color) for s in subgoals])
+        return one_of(mentioned) if mentioned.any() else np.full(n, 1 / n)
+    kinds = np.array([KIND_ORDER.index(s.kind) for s in subgoals])
+    return one_of(kinds == kinds.min())  # "pickup > open > through > goto"
+
+
+def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
+    states = collect_subgoal_states(env_id, args.subgoal_states, args.random_action_prob, args.seed)
+    if not states:
+        return f"### {env_id}: no state with two candidates and one on the bot's plan\n", {}
+    targets = [candidates.index(target) for _, candidates, target, _, _ in states]
+    llm = prompts.make_advisor("llm", actions=prompts.allowed_actions(env_id), **llm_kwargs(args, cache_dir))
+    rankers = {}
+    for orders in prompts.SUBGOAL_ORDERS:  # 'listed' first: its queries are the first shift of 'cyclic'
+        llm.subgoal_orders = orders
+        rankers[f"llm, {orders} order" + (" (position bias controlled)" if orders == "cyclic" else "")] = [
+            llm.subgoal_probs(text, candidates) for text, candidates, *_ in states]
+    llm.close()
+    for name in ("uniform", "random"):
+        adviser = prompts.make_advisor(name, seed=args.seed, actions=prompts.allowed_actions(env_id))
+        rankers[name + (" (chance)" if name == "uniform" else "")] = [
+            adviser.subgoal_probs(text, candidates) for text, candidates, *_ in states]
+    for name in ("nearest first", "mission's object first", "pickup > open > through > goto", "always 1st listed",
+                 "always 2nd listed", "always 3rd listed"):
+        rankers[name] = [heuristic_probs(name, candidates, image, mission)
+                         for _, candidates, _, image, mission in states]
+    lines = [f"### {env_id} ({len(states)} states, {np.mean([len(s[1]) for s in states]):.1f} candidates on average; "
+             f"the bot's next subgoal is listed 1st/2nd/3rd/later in "
+             f"{' / '.join(f'{np.mean(np.minimum(targets, 3) == k):.0%}' for k in range(4))})", "",
+             "| ranker | top-1 = the bot's next subgoal | mean p(it) | its top-1 is listed 1st / 2nd / 3rd / later |",
+             "|---|---|---|---|"]
+    summary = {}
+    for name, probs in rankers.items():
+        top1 = np.mean([p[t] >= p.max() - 1e-7 and 1 / np.sum(p >= p.max() - 1e-7) for p, t in zip(probs, targets)])
+        p_target = np.mean([p[t] for p, t in zip(probs, targets)])
+        positions = np.array([min(int(np.argmax(p)), 3) for p in probs])
+        lines.append(f"| {name} | {top1:.0%} | {p_target:.2f} | "
+                     f"{' / '.join(f'{np.mean(positions == k):.0%}' for k in range(4))} |")
+        summary[name] = top1
+    best = max((name for name in summary if not name.startswith(("llm", "uniform", "random", "always"))),
+               key=summary.get)
+    llm_best = max(summary[name] for name in summary if name.startswith("llm"))
+    verdict = (f"A two-line heuristic ({best}, {summary[best]:.0%}) beats the LLM ({llm_best:.0%}) here."
+               if summary[best] > llm_best else f"The LLM ({llm_best:.0%}) beats every heuristic here.")
+    control = max((name for name in summary if name.startswith("always")), key=summary.get)
+    verdict += f" The best position control, {control}, gets {summary[control]:.0%}."
+    debiased = summary[next(name for name in summary if "cyclic" in name)]
+    chance = summary["uniform (chance)"]
+    verdict += (f" With the position bias controlled the LLM ranks {'no better than chance' if debiased <= chance + 0.05 else 'above chance'} "
+                f"({debiased:.0%} against {chance:.0%}).")
+    return "\n".join(lines + ["", verdict, ""]), summary
+
+
 def main(args: Args) -> str:
-    for env_id in args.env_ids:
+    for env_id in args.env_ids + args.subgoal_env_ids:
         if not env_id.startswith("BabyAI-"):
             raise ValueError(f"{env_id} is not a BabyAI level: the expert bot only solves BabyAI levels")
     threads = args.llm_n_threads or os.cpu_count()
@@ -200,6 +310,13 @@ def main(args: Args) -> str:
             print(section, flush=True)
             sections.append(section)
             summaries.append(summary)
+        if args.subgoal_states > 0:
+            sections.append("## Subgoal ranking: is the bot's next planned subgoal the adviser's first choice?\n")
+            print(sections[-1], flush=True)
+            for env_id in args.subgoal_env_ids:
+                section, _ = evaluate_ranking(args, env_id, cache_dir)
+                print(section, flush=True)
+                sections.append(section)
     q_per_s = np.mean([s["uncached_q_per_s"] for s in summaries])
     tok_fraction = np.mean([s["tok_fraction"] for s in summaries])
     verdict = (f"Mean uncached LLM speed {q_per_s:.1f} queries/s (target >= 25: "
