@@ -786,7 +786,7 @@ class LLMAdvisor:
                 probs = probs / probs.sum()
             total[order] += probs
             answered += 1
-        self.stats["queries"] += 1
+        self.stats["queries"] += len(shifts)  # one per prompt, so the hit rate stays the share of prompts cached
         self._update_rates()
         if not answered:
             self.stats["fallbacks"] += 1
