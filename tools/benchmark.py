@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclass
 class Args:
     preset: str
-    """which grid of runs to run: tiny, smoke, main, transfer, study or study-tiny (see PRESETS)"""
+    """which grid of runs to run: tiny, smoke, main, transfer, study, study-tiny, ranking, ... (see PRESETS)"""
     workers: int = os.cpu_count() or 1
     """runs at the same time (one subprocess each)"""
     out: Optional[str] = None
@@ -188,6 +188,31 @@ def study_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, ext
     return runs
 
 
+def ranking_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, llm_seeds=(), noisy_seeds=None, extra=()):
+    """Issue 19, "does a small LLM know which subgoal matters?": the explore script's subgoal bonus (its defaults) with a
+    noisy subgoal ranker of known quality (the bot plan's next subgoal on top with probability p, else another
+    candidate) at each p on `noisy_seeds` (default: `seeds`), the uniform ranking and the baseline on `seeds`; and
+    SmolLM2's ranking as listed and with its position bias controlled (--llm-subgoal-orders cyclic) on `llm_seeds`.
+    Labels and result.json fields as study_runs (mechanism 'explore'), so tools/plot.py draws accuracy.png and study.md."""
+    noisy_seeds = seeds if noisy_seeds is None else noisy_seeds
+    runs = [run for run in study_runs(env_id, accuracies, sorted(set(seeds) | set(noisy_seeds)), frames, eval_every,
+                                      eval_episodes, extra, explore=True)
+            if not run["variant"].startswith("policy+")
+            and run["seed"] in (noisy_seeds if "noisy" in run["variant"] else seeds)]
+    for run in runs:  # the subgoal bonus at the explore script's defaults, not study_runs' action bonus
+        if run["variant"].startswith("explore+"):
+            run["flags"] = [flag for flag in run["flags"] if flag not in ("--bonus-mode", "action", "--bonus-coef",
+                                                                          "0.003", "--bonus-anneal-frac", "0.25")]
+    for orders in ("listed", "cyclic"):
+        variant = "explore+llm" if orders == "listed" else "explore+llm-cyclic"
+        for seed in llm_seeds:
+            flags = ["--total-timesteps", str(frames), "--eval-every", str(eval_every), "--eval-episodes",
+                     str(eval_episodes), *extra, "--advisor", "llm", "--llm-subgoal-orders", orders]
+            runs.append(dict(key=f"{short(env_id)}__{variant}__s{seed}", kind="train", script="ppo_llm_explore.py",
+                             variant=variant, env_id=env_id, seed=seed, flags=flags))
+    return runs
+
+
 GUIDED = ["baseline", "policy+expert", "policy+llm", "policy+uniform", "explore+expert", "explore+llm"]
 STUDY_ACCURACIES = [1.0, 0.8, 0.6, 0.4, 0.25]
 # 8 envs x 32 steps = 256 frames per update: more updates (and eval points) out of the tiny preset's 2048 frames.
@@ -261,6 +286,14 @@ PRESETS = {
     "study-distill1.0": study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32,
                                    distill_coef="1.0", explore=False),
     # For the test: 2 accuracies x 2 mechanisms + the baseline, 1 seed, 1,024 frames (under a minute on 2 cores).
+    # Issue 19: the subgoal bonus with rankers of known quality, the uniform ranking and the baseline; SmolLM2's
+    # ranking (as listed and position-debiased) on the level where the question is asked, with 5 seeds there.
+    "ranking": [
+        *ranking_runs("BabyAI-KeyCorridorS3R1-v0", [1.0, 0.6, 0.3], [1, 2, 3, 4, 5], 100_000, 20, 32, [1, 2, 3, 4, 5],
+                      noisy_seeds=[1, 2, 3]),
+        *ranking_runs("BabyAI-UnlockLocal-v0", [1.0, 0.6, 0.3], [1, 2, 3], 100_000, 20, 32),
+        *ranking_runs("BabyAI-UnlockPickup-v0", [1.0, 0.6, 0.3], [1, 2, 3], 100_000, 20, 32),
+    ],
     "study-tiny": study_runs("BabyAI-GoToObj-v0", [1.0, 0.25], [1], 1024, 1, 4, TINY, uniform=False),
 }
 
