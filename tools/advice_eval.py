@@ -227,7 +227,7 @@ def heuristic_probs(name: str, candidates: list[str], image, mission: str) -> np
     """Two-line rankers: the nearest candidate, the mission's object, a fixed kind order, or the k-th listed."""
     n = len(candidates)
     if name.startswith("always "):
-        return np.eye(n)[min(int(name.split()[1][0]) - 1, n - 1)]
+        return np.eye(n)[n - 1 if name == "always last listed" else min(int(name.split()[1][0]) - 1, n - 1)]
     subgoals = [next(s for s in prompts.candidate_subgoals(image, 0, mission) + [None] if s is None or s.text == text)
                 for text in candidates]
     if name == "nearest first":
@@ -262,21 +262,24 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
         rankers[name + (" (chance)" if name == "uniform" else "")] = [
             adviser.subgoal_probs(text, candidates) for text, candidates, *_ in states]
     for name in ("nearest first", "mission's object first", "pickup > open > through > goto", "always 1st listed",
-                 "always 2nd listed", "always 3rd listed"):
+                 "always 2nd listed", "always last listed"):
         rankers[name] = [heuristic_probs(name, candidates, image, mission)
                          for _, candidates, _, image, mission in states]
     lines = [f"### {env_id} ({len(states)} states, {np.mean([len(s[1]) for s in states]):.1f} candidates on average; "
              f"the bot's next subgoal is listed 1st/2nd/3rd/later in "
              f"{' / '.join(f'{np.mean(np.minimum(targets, 3) == k):.0%}' for k in range(4))})", "",
-             "| ranker | top-1 = the bot's next subgoal | mean p(it) | its top-1 is listed 1st / 2nd / 3rd / later |",
+             "| ranker | top-1 = the bot's next subgoal | mean p(it) | its first choice is listed 1st / 2nd / 3rd / later |",
              "|---|---|---|---|"]
     summary = {}
     for name, probs in rankers.items():
         top1 = np.mean([p[t] >= p.max() - 1e-7 and 1 / np.sum(p >= p.max() - 1e-7) for p, t in zip(probs, targets)])
         p_target = np.mean([p[t] for p, t in zip(probs, targets)])
-        positions = np.array([min(int(np.argmax(p)), 3) for p in probs])
-        lines.append(f"| {name} | {top1:.0%} | {p_target:.2f} | "
-                     f"{' / '.join(f'{np.mean(positions == k):.0%}' for k in range(4))} |")
+        top_positions = np.zeros(4)  # where its first choice is listed (ties split evenly)
+        for p in probs:
+            best = np.flatnonzero(p >= p.max() - 1e-7)
+            np.add.at(top_positions, np.minimum(best, 3), 1 / len(best))
+        top_positions /= len(probs)
+        lines.append(f"| {name} | {top1:.0%} | {p_target:.2f} | {' / '.join(f'{share:.0%}' for share in top_positions)} |")
         summary[name] = top1
     best = max((name for name in summary if not name.startswith(("llm", "uniform", "random", "always"))),
                key=summary.get)
@@ -287,8 +290,10 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
     verdict += f" The best position control, {control}, gets {summary[control]:.0%}."
     debiased = summary[next(name for name in summary if "cyclic" in name)]
     chance = summary["uniform (chance)"]
-    verdict += (f" With the position bias controlled the LLM ranks {'no better than chance' if debiased <= chance + 0.05 else 'above chance'} "
-                f"({debiased:.0%} against {chance:.0%}).")
+    margin = 2 * np.sqrt(max(debiased * (1 - debiased), 1e-9) / len(states))  # two standard errors of a top-1 rate
+    verdict += (f" With the position bias controlled the LLM ranks "
+                f"{'no better than chance' if debiased - chance <= margin else 'above chance'}: {debiased:.0%} against "
+                f"{chance:.0%} (two standard errors: ±{margin:.0%}).")
     return "\n".join(lines + ["", verdict, ""]), summary
 
 
