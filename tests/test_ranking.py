@@ -15,9 +15,9 @@ import prompts  # noqa: E402
 def test_ranking_table_from_real_bot_plans_and_the_real_model(tmp_path):
     args = advice_eval.Args(subgoal_states=12, llm_n_threads=1, seed=2)
     states = advice_eval.collect_subgoal_states("BabyAI-KeyCorridorS3R1-v0", 12, 0.2, seed=2)
-    assert len(states) == 12 and all(len(c) >= 2 and target in c for _, c, target, _, _ in states)
+    assert len(states) == 12 and all(len(c) >= 2 and target in c for _, c, target, *_ in states)
     section, summary = advice_eval.evaluate_ranking(args, "BabyAI-KeyCorridorS3R1-v0", str(tmp_path))
-    targets = [candidates.index(target) for _, candidates, target, _, _ in states]
+    targets = [candidates.index(target) for _, candidates, target, *_ in states]
     assert summary["uniform (chance)"] == np.mean([1 / len(c) for _, c, *_ in states])
     assert summary["always 1st listed"] == np.mean(np.array(targets) == 0)
     for name in ("llm, listed order", "llm, cyclic order (position bias controlled)"):
@@ -47,6 +47,6 @@ def test_the_noisy_ranker_puts_the_bots_subgoal_first_with_probability_p():
     for accuracy in (1.0, 0.6, 0.25):
         ranker = prompts.NoisyExpertAdvisor(accuracy=accuracy, seed=1)
         hits = [int(np.argmax(ranker.subgoal_probs(text, candidates, [target])) == candidates.index(target))
-                for text, candidates, target, _, _ in states]
+                for text, candidates, target, *_ in states]
         tolerance = 3 * np.sqrt(accuracy * (1 - accuracy) / len(states)) + 1e-9
         assert abs(np.mean(hits) - accuracy) <= tolerance, (accuracy, np.mean(hits))

@@ -193,20 +193,20 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
 
 # --- subgoal ranking: does the adviser put the bot's next planned subgoal first? ---
 def collect_subgoal_states(env_id: str, num_states: int, random_action_prob: float, seed: int):
-    """(observation text, candidate subgoals, the one the bot plans next, the view) from bot-led rollouts: states with
-    at least two candidates, one of them on the bot's plan (the first one on it is the target)."""
+    """(observation text, candidate texts, the one the bot plans next, view, mission, candidate Subgoals) from bot-led
+    rollouts: states with at least two candidates, one of them on the bot's plan (the first one on it is the target)."""
     env = prompts.SubgoalTracker(prompts.BabyAIBotWrapper(gym.make(env_id)))
     rng, actions, states, episode = np.random.default_rng(seed), prompts.allowed_actions(env_id), [], 0
     while len(states) < num_states and episode < 50 * num_states:
         obs, info = env.reset(seed=seed * 10_000 + episode)
         episode, done = episode + 1, False
         while not done and len(states) < num_states:
-            candidates = [s.text for s in prompts.candidate_subgoals(obs["image"], obs["direction"], obs["mission"],
-                                                                     actions)]
+            subgoals = prompts.candidate_subgoals(obs["image"], obs["direction"], obs["mission"], actions)
+            candidates = [subgoal.text for subgoal in subgoals]
             planned = [text for text in info["expert_plan"].split("\n") if text in candidates]
             if len(candidates) >= 2 and planned:
                 text = prompts.describe_observation(obs["image"], obs["direction"], obs["mission"])
-                states.append((text, candidates, planned[0], obs["image"], obs["mission"]))
+                states.append((text, candidates, planned[0], obs["image"], obs["mission"], subgoals))
             expert_action = info["expert_action"]
             action = int(rng.choice(actions)) if expert_action < 0 or rng.random() < random_action_prob else expert_action
             obs, _, terminated, truncated, info = env.step(action)
@@ -223,13 +223,11 @@ def one_of(best: np.ndarray) -> np.ndarray:
     return best / best.sum()
 
 
-def heuristic_probs(name: str, candidates: list[str], image, mission: str) -> np.ndarray:
+def heuristic_probs(name: str, subgoals: list, image, mission: str) -> np.ndarray:
     """Two-line rankers: the nearest candidate, the mission's object, a fixed kind order, or the k-th listed."""
-    n = len(candidates)
+    n = len(subgoals)
     if name.startswith("always "):
         return np.eye(n)[n - 1 if name == "always last listed" else min(int(name.split()[1][0]) - 1, n - 1)]
-    subgoals = [next(s for s in prompts.candidate_subgoals(image, 0, mission) + [None] if s is None or s.text == text)
-                for text in candidates]
     if name == "nearest first":
         distance = []
         for subgoal in subgoals:
@@ -249,7 +247,7 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
     states = collect_subgoal_states(env_id, args.subgoal_states, args.random_action_prob, args.seed)
     if not states:
         return f"### {env_id}: no state with two candidates and one on the bot's plan\n", {}
-    targets = [candidates.index(target) for _, candidates, target, _, _ in states]
+    targets = [candidates.index(target) for _, candidates, target, *_ in states]
     llm = prompts.make_advisor("llm", actions=prompts.allowed_actions(env_id), **llm_kwargs(args, cache_dir))
     rankers = {}
     for orders in prompts.SUBGOAL_ORDERS:  # 'listed' first: its queries are the first shift of 'cyclic'
@@ -263,8 +261,7 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
             adviser.subgoal_probs(text, candidates) for text, candidates, *_ in states]
     for name in ("nearest first", "mission's object first", "pickup > open > through > goto", "always 1st listed",
                  "always 2nd listed", "always last listed"):
-        rankers[name] = [heuristic_probs(name, candidates, image, mission)
-                         for _, candidates, _, image, mission in states]
+        rankers[name] = [heuristic_probs(name, subgoals, image, mission) for *_, image, mission, subgoals in states]
     lines = [f"### {env_id} ({len(states)} states, {np.mean([len(s[1]) for s in states]):.1f} candidates on average; "
              f"the bot's next subgoal is listed 1st/2nd/3rd/later in "
              f"{' / '.join(f'{np.mean(np.minimum(targets, 3) == k):.0%}' for k in range(4))})", "",
