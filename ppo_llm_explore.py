@@ -395,7 +395,8 @@ def resumed_args(path):
         fail(f"--resume {path} was not written by {os.path.basename(__file__)} with --resume support; train from it "
              "in a new run with --checkpoint PATH --fine-tune")
     saved = {key: value for key, value in checkpoint["args"].items() if key in Args.__dataclass_fields__}
-    return Args(**saved | {"resume": path, "checkpoint": None, "fine_tune": False})
+    # --save-model: the run folder's agent.pt must not stay behind at the interruption once the run has finished
+    return Args(**saved | {"resume": path, "checkpoint": None, "fine_tune": False, "save_model": True})
 
 
 def check_args(args):
@@ -786,6 +787,7 @@ if __name__ == "__main__":
                 )
     except KeyboardInterrupt:
         interrupted = True
+    second_ctrl_c_raises = False  # from here on a Ctrl-C stops evaluate() at its next step; saving must not be cut short
     if interrupted:
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
 
@@ -803,15 +805,11 @@ if __name__ == "__main__":
         save_checkpoint(checkpoint_path, agent, optimizer, args, global_step, iterations_done)
     if args.eval_episodes > 0 and not interrupted:
         video_dir = os.path.join(run_path, "videos") if args.capture_video else None
-        try:
-            evaluation = evaluate(
-                agent, args.env_id, args.eval_episodes, args.num_envs, args.seed + 10_000, device, args.eval_argmax,
-                video_dir, stop=lambda: interrupted,
-            )
-        except KeyboardInterrupt:  # a second Ctrl-C
-            evaluation = None
+        evaluation = evaluate(
+            agent, args.env_id, args.eval_episodes, args.num_envs, args.seed + 10_000, device, args.eval_argmax, video_dir,
+            stop=lambda: interrupted,
+        )
         if evaluation is None:
-            interrupted = True
             saving = ": saving a checkpoint and flushing logs" if train and not args.save_model else ""
             print(f"\ninterrupted during the final evaluation{saving}", flush=True)
             if train and not args.save_model:
@@ -829,4 +827,5 @@ if __name__ == "__main__":
         envs.close()
     writer.close()
     if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Python's shutdown restores the default: a Ctrl-C would kill it
         sys.exit(130)
