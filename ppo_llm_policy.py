@@ -380,7 +380,9 @@ def read_checkpoint(path, flag):
         fail(f"cannot read {flag} {path}: {error.strerror or error}")
     except Exception:  # torch's own messages differ for each kind of damage, and some give unsafe advice
         checkpoint = None
-    if not isinstance(checkpoint, dict) or not {"model", "optimizer", "args", "global_step"} <= checkpoint.keys():
+    keys = {"model", "optimizer", "args", "global_step"}
+    if not (isinstance(checkpoint, dict) and keys <= checkpoint.keys() and isinstance(checkpoint["model"], dict)
+            and isinstance(checkpoint["args"], dict) and "env_id" in checkpoint["args"]):
         fail(f"{flag} {path} is not a checkpoint of these scripts (truncated or another file); pass an agent.pt "
              "written by --save-model or Ctrl-C")
     return checkpoint
@@ -481,8 +483,8 @@ def check_args(args):
                 fail(f"--resume continues the run with its --{name.replace('_', '-')} {checkpoint['args'][name]}; to "
                      "train on something else, start a new run with --checkpoint PATH --fine-tune")
         if checkpoint["iteration"] >= args.total_timesteps // (args.num_envs * args.num_steps):
-            fail(f"--resume {args.resume}: the run already did its {checkpoint['iteration']} updates; pass a larger "
-                 "--total-timesteps to train it further")
+            fail(f"--resume {args.resume}: the run already did all its {checkpoint['iteration']} updates; evaluate it "
+                 "with --checkpoint PATH --eval-episodes N, or pass a larger --total-timesteps to train it further")
     return checkpoint
 
 
@@ -583,7 +585,7 @@ if __name__ == "__main__":
     global_step, iterations_done = start_iteration * args.batch_size, start_iteration
     if args.resume is not None:  # the random streams where the run saved them; the envs start new episodes
         restore_rng_state(checkpoint["rng"])
-    start_time = time.time()
+    start_time, start_step = time.time(), global_step  # FPS counts this process's frames only (--resume)
     recent_returns, recent_lengths = deque(maxlen=100), deque(maxlen=100)
     next_obs, infos = envs.reset(seed=args.seed + start_iteration * args.num_envs)
     text_cache, no_advice = {}, np.full(envs.single_action_space.n, 1.0 / envs.single_action_space.n)
@@ -746,7 +748,7 @@ if __name__ == "__main__":
             explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
             # TRY NOT TO MODIFY: record rewards for plotting purposes
-            sps = int(global_step / (time.time() - start_time))
+            sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
             writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)

@@ -29,6 +29,16 @@ def start_script(*flags, script="ppo_baseline.py"):
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
+def finish(process, timeout=60):
+    """communicate(), killing the process if it does not end in time (a failed test leaves nothing running)."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+
+
 def wait_for_line(process, prefix, timeout=120):
     deadline = time.time() + timeout
     for line in process.stdout:
@@ -79,16 +89,16 @@ def small_checkpoint(tmp_path_factory):
 
 
 # ---- 1. Ctrl-C during an evaluation ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("signals", [1, 2])
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGINT, signal.SIGINT], [signal.SIGTERM]])
 def test_ctrl_c_during_the_final_evaluation_saves_the_trained_agent(signals, tmp_path):
     process = start_script("--total-timesteps", "256", "--eval-episodes", "5000", "--log-every", "1",
                            "--run-dir", str(tmp_path), *TINY)
     assert wait_for_line(process, "update 2/2").startswith("update 2/2")
     time.sleep(1.0)  # the evaluation of 5000 episodes is under way
-    for _ in range(signals):  # the second Ctrl-C stops at once, and still saves
-        process.send_signal(signal.SIGINT)
+    for signum in signals:  # a second Ctrl-C stops at once, and still saves; SIGTERM is a scheduler's Ctrl-C
+        process.send_signal(signum)
         time.sleep(0.2)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = finish(process, 60)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert "interrupted during the final evaluation" in stdout
     checkpoint = torch.load(os.path.join(only_run(str(tmp_path)), "agent.pt"), weights_only=True)
@@ -101,7 +111,7 @@ def test_ctrl_c_during_a_periodic_evaluation_saves_the_agent(tmp_path):
     wait_until(lambda: glob.glob(str(tmp_path / "*" / "events.out.tfevents.*")))
     time.sleep(2.0)  # one update (128 frames) is done long before; the first evaluation of 5000 episodes is not
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = finish(process, 60)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     checkpoint = torch.load(os.path.join(only_run(str(tmp_path)), "agent.pt"), weights_only=True)
     assert checkpoint["iteration"] == 1
@@ -113,7 +123,7 @@ def test_ctrl_c_while_evaluating_a_checkpoint_exits_130_and_keeps_it(small_check
     assert wait_for_line(process, "loaded ").startswith("loaded ")
     time.sleep(1.5)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = finish(process, 60)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert open(small_checkpoint, "rb").read() == before
 
@@ -186,7 +196,7 @@ def test_resume_continues_the_run_its_schedules_and_folder(tmp_path):
     process = start_script(*flags, script="ppo_llm_policy.py")
     wait_for_line(process, "update 3/16")
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = finish(process, 60)
     assert process.returncode == 130, stderr[-3000:]
     run_path = only_run(str(tmp_path))
     done = torch.load(os.path.join(run_path, "agent.pt"), weights_only=True)["iteration"]
@@ -203,7 +213,7 @@ def test_resume_continues_the_run_its_schedules_and_folder(tmp_path):
     assert torch.load(os.path.join(run_path, "agent.pt"), weights_only=True)["iteration"] == 16
 
     finished = run_script("--resume", run_path, script="ppo_llm_policy.py")
-    assert_one_error_line(finished, "pass a larger --total-timesteps")
+    assert_one_error_line(finished, "--checkpoint PATH --eval-episodes N, or pass a larger --total-timesteps")
     other_env = run_script("--resume", run_path, "--env-id", "BabyAI-GoToObj-v0", script="ppo_llm_policy.py")
     assert_one_error_line(other_env, "--checkpoint PATH --fine-tune")
 
@@ -219,11 +229,14 @@ def test_advice_eval_runs_twice_on_the_same_cache(tmp_path):
 
 
 # ---- 7. a damaged result.json --------------------------------------------------------------------------------------
-def test_a_damaged_result_file_counts_as_not_run(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import benchmark
+def benchmark_runs():
+    import benchmark  # tools/ is on sys.path
 
-    key = benchmark.PRESETS["tiny"][0]["key"]
+    return benchmark.PRESETS["tiny"]
+
+
+def test_a_damaged_result_file_counts_as_not_run(tmp_path):
+    key = benchmark_runs()[0]["key"]
     (tmp_path / "runs" / key).mkdir(parents=True)
     (tmp_path / "runs" / key / "result.json").write_text('{"command": "python ppo_baseline.py --tot')  # half-written
     dry = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--out",
@@ -270,6 +283,10 @@ def test_benchmark_refuses_zero_workers_and_stops_on_a_background_sigint(tmp_pat
     command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--out", str(tmp_path)]
     zero = subprocess.run(command + ["--workers", "0"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert_one_error_line(zero, "--workers must be at least 1")
+    # A folder left by an earlier attempt of a run is moved aside when the run starts again, never deleted.
+    key = next(run["key"] for run in benchmark_runs() if "DoorKey-5x5__baseline" in run["key"])
+    (tmp_path / "runs" / key).mkdir(parents=True)
+    (tmp_path / "runs" / key / "agent.pt").write_bytes(b"an earlier attempt's checkpoint")
     # A shell starts a background job (`cmd &`) with SIGINT ignored; a scheduler's `kill -INT` must still stop it.
     process = subprocess.Popen(command + ["--workers", "1", "--only", "DoorKey-5x5__baseline"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -277,8 +294,10 @@ def test_benchmark_refuses_zero_workers_and_stops_on_a_background_sigint(tmp_pat
     assert wait_for_line(process, "preset tiny").startswith("preset tiny")
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = finish(process, 120)
     assert process.returncode == 130 and "finished runs are kept" in stdout, stdout[-2000:] + stderr[-2000:]
+    kept = glob.glob(str(tmp_path / "earlier-attempts" / f"{key}__*" / "agent.pt"))
+    assert len(kept) == 1 and open(kept[0], "rb").read() == b"an earlier attempt's checkpoint"
 
 
 # ---- 10 and 11: one line, exit 2, nothing left behind -----------------------------------------------------------

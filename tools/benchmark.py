@@ -383,6 +383,8 @@ if __name__ == "__main__":
         fail(f"unknown --preset '{args.preset}': choose one of {', '.join(PRESETS)}")
     if args.workers < 1:
         fail(f"--workers must be at least 1, got {args.workers}")
+    if args.llm_cache_dir and os.path.isfile(os.path.expanduser(args.llm_cache_dir)):
+        fail(f"--llm-cache-dir {args.llm_cache_dir} is a file: pass a folder (every LLM run would fail on it)")
     out_arg = args.out or os.path.join("benchmarks", args.preset)
     out = os.path.abspath(out_arg)
     existing = out
