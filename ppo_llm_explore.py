@@ -44,10 +44,12 @@ class Args:
     """TensorBoard logs and checkpoints go to <run-dir>/<run-name>/"""
     save_model: bool = False
     """save a checkpoint (weights, optimizer, args) to <run-dir>/<run-name>/agent.pt at the end (Ctrl-C always saves)"""
+    resume: Optional[str] = None
+    """continue an interrupted run from its agent.pt (or run folder): same folder, flags, frame count, schedules, optimizer"""
     checkpoint: Optional[str] = None
     """load the agent from this checkpoint; with --eval-episodes N and no --fine-tune it is only evaluated"""
     fine_tune: bool = False
-    """train the agent loaded from --checkpoint (weights and optimizer state) for --total-timesteps more frames"""
+    """start a new run from the agent in --checkpoint (weights, optimizer), e.g. on another env, for --total-timesteps frames"""
     eval_episodes: int = 0
     """episodes to evaluate the agent at the end (the actor alone, extrinsic return, sampled); 0 skips evaluation"""
     eval_every: int = 0
@@ -55,7 +57,7 @@ class Args:
     eval_argmax: bool = False
     """evaluate with the most probable action instead of sampling"""
     capture_video: bool = False
-    """save GIFs of up to 3 evaluation episodes to videos/<run-name>/ (needs --eval-episodes > 0)"""
+    """save GIFs of up to 3 evaluation episodes to <run-dir>/<run-name>/videos/ (needs --eval-episodes > 0)"""
     log_every: int = 5
     """print a progress line every this many updates"""
 
@@ -303,8 +305,9 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
 
 
-def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, video_dir=None):
-    """Run the agent alone (no LLM, no bonus) for exactly `episodes` episodes; returns (mean return, success rate, mean length)."""
+def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, video_dir=None, stop=lambda: False):
+    """Run the agent alone (no LLM, no bonus) for exactly `episodes` episodes; returns (mean return, success rate,
+    mean length), or None when `stop()` turns true first (Ctrl-C)."""
     num_envs = min(num_envs, episodes)
     envs = make_vector_env(env_id, num_envs, render=video_dir is not None)
     # Each env plays a fixed quota, so slow (failing) episodes are not cut off in favour of quick successes.
@@ -312,6 +315,9 @@ def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, vide
     returns, lengths, gif_frames, gifs_saved = [], [], [], 0
     obs, _ = envs.reset(seed=seed)
     while quota.sum() > 0:
+        if stop():
+            envs.close()
+            return None
         if video_dir is not None and gifs_saved < 3:
             gif_frames.append(envs.unwrapped.envs[0].render())
         with torch.no_grad():
@@ -339,20 +345,86 @@ def save_gif(frames, path):
     images[0].save(path, save_all=True, append_images=images[1:], duration=150, loop=0)
 
 
-def save_checkpoint(path, agent, optimizer, args, global_step):
+def save_checkpoint(path, agent, optimizer, args, global_step, iteration):
+    """Weights, optimizer, args, and what --resume needs: the updates done and the random streams."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     checkpoint = {"model": agent.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args)}
-    torch.save(checkpoint | {"global_step": global_step}, path)
+    numpy_state = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(), "random": random.getstate(),
+           "numpy": [numpy_state[0], torch.as_tensor(numpy_state[1].astype(np.int64)), *numpy_state[2:]]}
+    checkpoint |= {"global_step": global_step, "iteration": iteration, "script": os.path.basename(__file__), "rng": rng}
+    # Write a temporary file, then rename: a Ctrl-C or a full disk must not leave half of an earlier agent.pt.
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     print(f"saved checkpoint {path}")
 
 
-def check_args(args):
+def restore_rng_state(rng):
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["random"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+def fail(message):
     """Bad input gets one clear line on stderr and exit code 2, before any work starts."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
-    def fail(message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
+def checkpoint_file(path):
+    return os.path.join(path, "agent.pt") if os.path.isdir(path) else path
+
+
+def read_checkpoint(path, flag):
+    """The checkpoint written by save_checkpoint at `path` (a run folder means its agent.pt), or one line on what is wrong."""
+    path = checkpoint_file(path)
+    if not os.path.isfile(path):
+        fail(f"{flag} {path} does not exist (checkpoints are written with --save-model, and by Ctrl-C)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        fail(f"cannot read {flag} {path}: {error.strerror or error}")
+    except Exception:  # torch's own messages differ for each kind of damage, and some give unsafe advice
+        checkpoint = None
+    keys = {"model", "optimizer", "args", "global_step"}
+    if not (isinstance(checkpoint, dict) and keys <= checkpoint.keys() and isinstance(checkpoint["model"], dict)
+            and isinstance(checkpoint["args"], dict) and "env_id" in checkpoint["args"]):
+        fail(f"{flag} {path} is not a checkpoint of these scripts (truncated or another file); pass an agent.pt "
+             "written by --save-model or Ctrl-C")
+    return checkpoint
+
+
+def writable_folder_error(path, flag):
+    """None if `path` is, or can be made, a folder this process can write; else one line saying why not."""
+    existing = os.path.abspath(os.path.expanduser(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{flag} {path}: {existing} is a file, not a folder; pass a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{flag} {path}: {existing} is not writable; pass a folder you can write to"
+    return None
+
+
+def resumed_args(path):
+    """The flags of the run that wrote checkpoint `path`, to continue it (flags given again on the command line win)."""
+    checkpoint = read_checkpoint(path, "--resume")
+    if "iteration" not in checkpoint or checkpoint.get("script") != os.path.basename(__file__):
+        fail(f"--resume {path} was not written by {os.path.basename(__file__)} with --resume support; train from it "
+             "in a new run with --checkpoint PATH --fine-tune")
+    saved = {key: value for key, value in checkpoint["args"].items() if key in Args.__dataclass_fields__}
+    # --save-model: the run folder's agent.pt must not stay behind at the interruption once the run has finished
+    return Args(**saved | {"resume": path, "checkpoint": None, "fine_tune": False, "save_model": True})
+
+
+def check_args(args):
+    """Bad input gets one clear line on stderr and exit code 2, before any work starts. Returns the checkpoint to load
+    (--checkpoint or --resume), if any."""
     known_ids = [env_id for env_id in gym.registry if env_id.startswith(("MiniGrid-", "BabyAI-"))]
     if args.env_id not in known_ids:
         close = difflib.get_close_matches(args.env_id, known_ids, n=3, cutoff=0.5)
@@ -370,8 +442,8 @@ def check_args(args):
         fail(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {args.gamma} and {args.gae_lambda}")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         fail(f"--num-envs x --num-steps ({args.num_envs * args.num_steps}) must divide by --num-minibatches")
-    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
-        fail(f"--checkpoint {args.checkpoint} does not exist (checkpoints are written with --save-model)")
+    if args.resume is not None and (args.checkpoint is not None or args.fine_tune):
+        fail("--resume continues a run; --checkpoint PATH --fine-tune starts a new one from a checkpoint: use one of them")
     if args.checkpoint is not None and not args.fine_tune and args.eval_episodes == 0:
         fail("--checkpoint given: add --eval-episodes N to evaluate it, or --fine-tune to train it further")
     if args.fine_tune and args.checkpoint is None:
@@ -390,38 +462,66 @@ def check_args(args):
         fail(f"--bonus-mode must be prob, topk or action, got '{args.bonus_mode}'")
     if args.bonus_coef < 0 or not 0 < args.bonus_anneal_frac <= 1 or args.bonus_top_k < 1:
         fail("--bonus-coef must be 0 or more, --bonus-anneal-frac in (0, 1] and --bonus-top-k at least 1")
-    if args.llm_temperature <= 0 or (args.llm_n_threads is not None and args.llm_n_threads < 1):
-        fail("--llm-temperature must be positive and --llm-n-threads at least 1")
-    if args.advisor == "llm":
-        try:
-            prompts.resolve_model_path(args.llm_model_path)
-        except (FileNotFoundError, ValueError) as error:
-            fail(str(error))
-    if args.llm_subgoal_orders not in prompts.SUBGOAL_ORDERS:
-        fail(f"--llm-subgoal-orders must be one of {', '.join(prompts.SUBGOAL_ORDERS)}, got '{args.llm_subgoal_orders}'")
-    if args.advisor == "llm" and args.llm_base_url:
-        if message := prompts.served_llm_error(args):
-            fail(message)
+    if (message := prompts.llm_flag_error(args)):
+        fail(message)
+    run_parent = os.path.dirname(os.path.abspath(checkpoint_file(args.resume))) if args.resume else args.run_dir
+    if (message := writable_folder_error(run_parent, "--resume" if args.resume else "--run-dir")):
+        fail(message)
     try:
-        make_env(args.env_id)().close()
-    except Exception as error:  # e.g. an env that needs an optional dependency
+        env = make_env(args.env_id)()
+        env.reset(seed=args.seed)  # some envs need an optional dependency only here
+        n_actions = env.action_space.n
+        env.close()
+    except Exception as error:
         fail(f"cannot create {args.env_id}: {str(error).splitlines()[0]}")
+    checkpoint = None
+    if args.checkpoint is not None or args.resume is not None:
+        checkpoint = read_checkpoint(args.checkpoint or args.resume, "--checkpoint" if args.checkpoint else "--resume")
+        expected = {name: tuple(value.shape) for name, value in Agent(n_actions).state_dict().items()}
+        shapes = {name: tuple(getattr(value, "shape", ())) for name, value in dict(checkpoint["model"]).items()}
+        trained_actions = shapes.get("actor.2.weight", (None,))[0]
+        if trained_actions != n_actions and trained_actions is not None:
+            fail(f"{args.checkpoint or args.resume} was trained on an env with {trained_actions} actions, {args.env_id} "
+                 f"has {n_actions}: evaluate or fine-tune it on an env with {trained_actions} actions")
+        if shapes != expected:
+            fail(f"{args.checkpoint or args.resume} holds another network than this script's (written by another "
+                 "version of it?): train a new agent")
+    if args.resume is not None:
+        for name in ["env_id", "num_envs", "num_steps"]:
+            if getattr(args, name) != checkpoint["args"][name]:
+                fail(f"--resume continues the run with its --{name.replace('_', '-')} {checkpoint['args'][name]}; to "
+                     "train on something else, start a new run with --checkpoint PATH --fine-tune")
+        if checkpoint["iteration"] >= args.total_timesteps // (args.num_envs * args.num_steps):
+            fail(f"--resume {args.resume}: the run already did all its {checkpoint['iteration']} updates; evaluate it "
+                 "with --checkpoint PATH --eval-episodes N, or pass a larger --total-timesteps to train it further")
+    return checkpoint
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    check_args(args)
+    if args.resume is not None:  # the interrupted run's flags; any given again on this command line win
+        args = tyro.cli(Args, default=resumed_args(args.resume))
+    checkpoint = check_args(args)
     train = args.checkpoint is None or args.fine_tune
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size if train else 0
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_path = os.path.join(args.run_dir, run_name)
-    writer = SummaryWriter(run_path)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
+    if train and args.num_iterations == 0:
+        fail(f"--total-timesteps {args.total_timesteps} is less than one update (--num-envs x --num-steps = "
+             f"{args.batch_size} frames): pass at least {args.batch_size}")
+    interrupted, second_ctrl_c_raises = False, False
+
+    def on_ctrl_c(signum, frame):
+        # Set a flag that the loop and evaluate() check, rather than raise: a KeyboardInterrupt that lands inside a
+        # __del__ (torch and TensorBoard objects have them) is printed and swallowed, and training would go on. Once the
+        # run has started, a second Ctrl-C raises; before, the setup (e.g. loading the LLM) cannot be cut short anyway.
+        global interrupted
+        if interrupted and second_ctrl_c_raises:
+            raise KeyboardInterrupt
+        interrupted = True
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    signal.signal(signal.SIGTERM, on_ctrl_c)  # a job scheduler's stop request: save and exit like Ctrl-C
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -435,36 +535,59 @@ if __name__ == "__main__":
     expert = args.advisor in ("expert", "noisy-expert")
     envs = make_vector_env(args.env_id, args.num_envs, asynchronous=args.async_envs, expert=expert, track=True)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
-    advisor = prompts.make_advisor(
-        args.advisor,
-        actions=prompts.allowed_actions(args.env_id),
-        seed=args.seed,
-        accuracy=args.advice_accuracy,
-        calibrated=args.advice_calibrated,
-        model_path=args.llm_model_path,
-        n_gpu_layers=args.llm_n_gpu_layers,
-        n_threads=args.llm_n_threads,
-        n_ctx=args.llm_n_ctx,
-        temperature=args.llm_temperature,
-        cache_dir=args.llm_cache_dir,
-        subgoal_orders=args.llm_subgoal_orders,
-        base_url=args.llm_base_url,
-        model=args.llm_model,
-        api=args.llm_api,
-        api_key_env=args.llm_api_key_env,
-        top_logprobs=args.llm_top_logprobs,
-        max_concurrency=args.llm_max_concurrency,
-        max_rps=args.llm_max_rps,
-        timeout=args.llm_timeout,
-    )
+    try:  # the advisers speak MiniGrid's 7 actions; an env with fewer has MiniGrid's first ones
+        advisor = prompts.make_advisor(
+            args.advisor,
+            actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
+            seed=args.seed,
+            accuracy=args.advice_accuracy,
+            calibrated=args.advice_calibrated,
+            model_path=args.llm_model_path,
+            n_gpu_layers=args.llm_n_gpu_layers,
+            n_threads=args.llm_n_threads,
+            n_ctx=args.llm_n_ctx,
+            temperature=args.llm_temperature,
+            cache_dir=args.llm_cache_dir,
+            subgoal_orders=args.llm_subgoal_orders,
+            base_url=args.llm_base_url,
+            model=args.llm_model,
+            api=args.llm_api,
+            api_key_env=args.llm_api_key_env,
+            top_logprobs=args.llm_top_logprobs,
+            max_concurrency=args.llm_max_concurrency,
+            max_rps=args.llm_max_rps,
+            timeout=args.llm_timeout,
+        )
+    except ValueError as error:  # the model failed to load, or its instructions do not fit --llm-n-ctx
+        fail(str(error))
 
     agent = Agent(envs.single_action_space.n).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
-    if args.checkpoint is not None:
-        checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=True)
+    if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        print(f"loaded {args.checkpoint} (trained on {checkpoint['args']['env_id']}, {checkpoint['global_step']} frames)")
+        print(f"loaded {args.checkpoint or args.resume} (trained on {checkpoint['args']['env_id']}, "
+              f"{checkpoint['global_step']} frames)")
+
+    # The run folder is made only now, so that a run that never started (bad input, Ctrl-C while loading) leaves none.
+    if interrupted:
+        print("interrupted before the run started: nothing was written", file=sys.stderr)
+        sys.exit(130)
+    if args.resume is not None:  # the same folder: TensorBoard drops what the old run logged after its last update
+        run_path = os.path.dirname(os.path.abspath(checkpoint_file(args.resume)))
+        run_name = os.path.basename(run_path)
+    else:
+        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_path = os.path.join(args.run_dir, run_name)
+    start_iteration = checkpoint["iteration"] if args.resume is not None else 0
+    try:
+        writer = SummaryWriter(run_path, purge_step=start_iteration * args.batch_size + 1 if args.resume is not None else None)
+    except OSError as error:  # what check_args could not foresee, e.g. a special file system
+        fail(f"cannot write the run folder {run_path} ({error.strerror}): pass another --run-dir")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
 
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs, OBS_SIZE), dtype=torch.uint8).to(device)
@@ -475,10 +598,12 @@ if __name__ == "__main__":
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
 
     # TRY NOT TO MODIFY: start the game
-    global_step = 0
-    start_time = time.time()
+    global_step, iterations_done = start_iteration * args.batch_size, start_iteration
+    if args.resume is not None:  # the random streams where the run saved them; the envs start new episodes
+        restore_rng_state(checkpoint["rng"])
+    start_time, start_step = time.time(), global_step  # FPS counts this process's frames only (--resume)
     recent_returns, recent_lengths = deque(maxlen=100), deque(maxlen=100)
-    next_obs, infos = envs.reset(seed=args.seed)
+    next_obs, infos = envs.reset(seed=args.seed + start_iteration * args.num_envs)
     next_obs = torch.as_tensor(next_obs).to(device)
     # Per env and episode: what achieving each subgoal ranked so far pays, and the bot's plan last ranked for.
     text_cache, candidate_cache, actions_allowed = {}, {}, prompts.allowed_actions(args.env_id)
@@ -486,20 +611,10 @@ if __name__ == "__main__":
     episode_bonus, episode_subgoals = np.zeros(args.num_envs), np.zeros(args.num_envs)
     bonus_per_episode, subgoals_per_episode = [], []
     next_done = torch.zeros(args.num_envs).to(device)
-    interrupted = False
-
-    def on_ctrl_c(signum, frame):
-        # Set a flag that the loop checks, rather than raise: a KeyboardInterrupt that lands inside a __del__ (torch
-        # and TensorBoard objects have them) is printed and swallowed, and training would go on. A second Ctrl-C raises.
-        global interrupted
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted = True
-
-    signal.signal(signal.SIGINT, on_ctrl_c)
+    second_ctrl_c_raises = True
 
     try:
-        for iteration in range(1, args.num_iterations + 1):
+        for iteration in range(start_iteration + 1, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -523,6 +638,7 @@ if __name__ == "__main__":
                     texts = observation_texts(next_obs.cpu().numpy(), text_cache)
                     if args.bonus_mode == "action":
                         advice = advisor.action_probs(texts, prompts.expert_actions_from_infos(infos, args.num_envs))
+                        advice = prompts.env_probs(advice, envs.single_action_space.n)
                     else:
                         candidates = candidate_texts(next_obs.cpu().numpy(), candidate_cache, actions_allowed)
                         plans = prompts.expert_plans_from_infos(infos, args.num_envs)
@@ -651,13 +767,14 @@ if __name__ == "__main__":
 
                 if args.target_kl is not None and approx_kl > args.target_kl:
                     break
+            iterations_done = iteration
 
             y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
             var_y = np.var(y_true)
             explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
             # TRY NOT TO MODIFY: record rewards for plotting purposes
-            sps = int(global_step / (time.time() - start_time))
+            sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
             writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -688,7 +805,11 @@ if __name__ == "__main__":
                 subgoals_per_episode.clear()
             if args.eval_every > 0 and iteration % args.eval_every == 0 and iteration < args.num_iterations:
                 eval_seed = args.seed + 10_000 + iteration  # fresh levels each time, still reproducible
-                mean_return, success_rate, _ = evaluate(agent, args.env_id, args.eval_episodes, args.num_envs, eval_seed, device)
+                evaluation = evaluate(agent, args.env_id, args.eval_episodes, args.num_envs, eval_seed, device,
+                                      stop=lambda: interrupted)
+                if evaluation is None:  # Ctrl-C
+                    break
+                mean_return, success_rate, _ = evaluation
                 writer.add_scalar("eval/episodic_return", mean_return, global_step)
                 writer.add_scalar("eval/success_rate", success_rate, global_step)
             if iteration % args.log_every == 0 or iteration == args.num_iterations:
@@ -702,6 +823,7 @@ if __name__ == "__main__":
                 )
     except KeyboardInterrupt:
         interrupted = True
+    second_ctrl_c_raises = False  # from here on a Ctrl-C stops evaluate() at its next step; saving must not be cut short
     if interrupted:
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
 
@@ -715,22 +837,32 @@ if __name__ == "__main__":
             + prompts.usage_summary(stats, args.llm_usd_per_mtok),
             flush=True,
         )
-    if train and (args.save_model or interrupted):
-        save_checkpoint(os.path.join(run_path, "agent.pt"), agent, optimizer, args, global_step)
+    checkpoint_path = os.path.join(run_path, "agent.pt")
+    if train and (args.save_model or interrupted):  # before the final evaluation, which may be cut short
+        save_checkpoint(checkpoint_path, agent, optimizer, args, global_step, iterations_done)
     if args.eval_episodes > 0 and not interrupted:
-        video_dir = os.path.join("videos", run_name) if args.capture_video else None
-        mean_return, success_rate, mean_length = evaluate(
-            agent, args.env_id, args.eval_episodes, args.num_envs, args.seed + 10_000, device, args.eval_argmax, video_dir
+        video_dir = os.path.join(run_path, "videos") if args.capture_video else None
+        evaluation = evaluate(
+            agent, args.env_id, args.eval_episodes, args.num_envs, args.seed + 10_000, device, args.eval_argmax, video_dir,
+            stop=lambda: interrupted,
         )
-        writer.add_scalar("eval/episodic_return", mean_return, global_step)
-        writer.add_scalar("eval/success_rate", success_rate, global_step)
-        print(
-            f"eval of the actor alone (no bonus) on {args.env_id}: mean return {mean_return:.3f}, success rate {success_rate:.3f}, "
-            f"mean length {mean_length:.1f} over {args.eval_episodes} episodes",
-            flush=True,
-        )
+        if evaluation is None:
+            saving = ": saving a checkpoint and flushing logs" if train and not args.save_model else ""
+            print(f"\ninterrupted during the final evaluation{saving}", flush=True)
+            if train and not args.save_model:
+                save_checkpoint(checkpoint_path, agent, optimizer, args, global_step, iterations_done)
+        else:
+            mean_return, success_rate, mean_length = evaluation
+            writer.add_scalar("eval/episodic_return", mean_return, global_step)
+            writer.add_scalar("eval/success_rate", success_rate, global_step)
+            print(
+                f"eval of the actor alone (no bonus) on {args.env_id}: mean return {mean_return:.3f}, success rate {success_rate:.3f}, "
+                f"mean length {mean_length:.1f} over {args.eval_episodes} episodes",
+                flush=True,
+            )
     with contextlib.suppress(Exception):  # worker processes may already be gone after Ctrl-C
         envs.close()
     writer.close()
     if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Python's shutdown restores the default: a Ctrl-C would kill it
         sys.exit(130)

@@ -21,11 +21,14 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib.util
+import math
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import time
+import urllib.parse
 import warnings
 
 import gymnasium as gym
@@ -181,12 +184,19 @@ ALLOWED_ACTIONS_BY_PREFIX = [
 ]
 
 
-def allowed_actions(env_id: str) -> list[int]:
-    """Action ids that matter in `env_id` (all 7 for unknown envs)."""
+def allowed_actions(env_id: str, n_actions: int = NUM_ACTIONS) -> list[int]:
+    """Action ids that matter in `env_id` (all 7 for unknown envs), among the env's first `n_actions`: an env with
+    fewer actions than MiniGrid's 7 (Dynamic-Obstacles: left, right, forward) has MiniGrid's first ones."""
     for prefix, actions in ALLOWED_ACTIONS_BY_PREFIX:
         if env_id.startswith(prefix):
-            return list(actions)
-    return list(ALL_ACTIONS)
+            return [a for a in actions if a < n_actions] or list(range(min(n_actions, NUM_ACTIONS)))
+    return list(range(min(n_actions, NUM_ACTIONS)))
+
+
+def env_probs(probs: np.ndarray, n_actions: int) -> np.ndarray:
+    """(N, 7) advice -> (N, n_actions) distributions over an env's own actions (MiniGrid's first n_actions)."""
+    probs = np.asarray(probs)[:, :n_actions]
+    return probs / probs.sum(axis=1, keepdims=True)
 
 
 # Words that name an action in a free-form reply. Specific words only: "go" alone is ambiguous.
@@ -318,12 +328,90 @@ def resolve_model_path(model_path: str | None) -> str:
     if not model_path:
         return default_model_path()
     path = os.path.expanduser(str(model_path))
+    if os.path.isdir(path):
+        raise ValueError(f"--llm-model-path {path} is a folder: pass the .gguf file in it; {GET_A_MODEL}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--llm-model-path {path} does not exist; {GET_A_MODEL}")
-    with open(path, "rb") as model_file:
-        if model_file.read(4) != b"GGUF":
-            raise ValueError(f"--llm-model-path {path} is not a GGUF file; {GET_A_MODEL}")
+    try:
+        with open(path, "rb") as model_file:
+            magic = model_file.read(4)
+    except OSError as error:
+        raise ValueError(f"--llm-model-path {path} cannot be read ({error.strerror}); check its permissions") from None
+    if magic != b"GGUF":
+        raise ValueError(f"--llm-model-path {path} is not a GGUF file; {GET_A_MODEL}")
     return path
+
+
+_llama_log_lines = []
+
+
+def _collect_llama_log(level, text, user_data):
+    _llama_log_lines.append(text.decode("utf-8", "ignore"))
+
+
+def gguf_load_error(path: str) -> str | None:
+    """Why llama.cpp cannot load the GGUF file at `path` (e.g. truncated), or None. Reads the metadata and checks that
+    every tensor lies within the file, without loading the weights (llama.cpp's vocab_only load)."""
+    import llama_cpp
+    import llama_cpp._logger
+
+    callback = llama_cpp.llama_log_callback(_collect_llama_log)  # llama.cpp's own lines say what is wrong
+    _llama_log_lines.clear()
+    llama_cpp.llama_log_set(callback, None)
+    try:
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+        if model:
+            llama_cpp.llama_model_free(model)
+            return None
+    finally:
+        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, None)
+    errors = [line.strip() for line in _llama_log_lines if "error" in line or "failed" in line]
+    reason = errors[0].split(": ", 1)[-1] if errors else "llama.cpp cannot read it"
+    return f"--llm-model-path {path} cannot be loaded ({reason}); check the file (a complete download?), or {GET_A_MODEL}"
+
+
+MIN_N_CTX, MAX_N_CTX = 256, 1 << 20  # below: no room for the instructions and an observation; above: no such model
+
+
+def llm_flag_error(args) -> str | None:
+    """The first problem with the LLM flags of `args` (ppo_llm_policy.py, ppo_llm_explore.py, tools/advice_eval.py) as
+    one line naming the flag, or None. Cheap: checked before any work, without loading the model's weights."""
+    temperature = getattr(args, "llm_temperature", None)
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        return f"--llm-temperature must be a positive number, got {temperature}"
+    n_threads = getattr(args, "llm_n_threads", None)
+    if n_threads is not None and n_threads < 1:
+        return f"--llm-n-threads must be at least 1 (leave it out to use all cores), got {n_threads}"
+    n_ctx = getattr(args, "llm_n_ctx", None)
+    if n_ctx is not None and not MIN_N_CTX <= n_ctx <= MAX_N_CTX:
+        return f"--llm-n-ctx must be between {MIN_N_CTX} and {MAX_N_CTX} tokens (default 512), got {n_ctx}"
+    n_gpu_layers = getattr(args, "llm_n_gpu_layers", None)
+    if n_gpu_layers is not None and n_gpu_layers < -1:
+        return f"--llm-n-gpu-layers must be -1 (all), 0 (none) or more, got {n_gpu_layers}"
+    mode = getattr(args, "llm_mode", None)
+    if mode is not None and mode not in ("score", "generate"):
+        return f"--llm-mode must be score or generate, got '{mode}'"
+    cache_dir = getattr(args, "llm_cache_dir", None)
+    if cache_dir and str(cache_dir).lower() != "none":
+        existing = os.path.abspath(os.path.expanduser(str(cache_dir)))
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            return f"--llm-cache-dir {cache_dir}: {existing} is a file, not a folder; pass a folder, or none for no cache"
+    subgoal_orders = getattr(args, "llm_subgoal_orders", None)
+    if subgoal_orders is not None and subgoal_orders not in SUBGOAL_ORDERS:
+        return f"--llm-subgoal-orders must be one of {', '.join(SUBGOAL_ORDERS)}, got '{subgoal_orders}'"
+    if getattr(args, "advisor", "llm") == "llm" and getattr(args, "llm_base_url", None):
+        return served_llm_error(args)  # connects once, as the run would
+    if getattr(args, "advisor", "llm") == "llm":
+        try:
+            path = resolve_model_path(getattr(args, "llm_model_path", None))
+        except (FileNotFoundError, ValueError) as error:
+            return str(error)
+        return gguf_load_error(path)
+    return None
 
 
 def model_identity(path: str) -> str:
@@ -333,21 +421,88 @@ def model_identity(path: str) -> str:
     return f"{os.path.basename(path)}:{os.path.getsize(path)}:{first_mb_hash}"
 
 
+class ReadOnlyDiskCache:
+    """get() from a diskcache folder that this process cannot write (set() stores nothing): a shared or archived
+    cache is still used, and never changed."""
+
+    def __init__(self, directory: str):
+        import diskcache
+
+        self.disk = diskcache.Disk(directory)
+        path = urllib.parse.quote(os.path.join(directory, "cache.db"))
+        try:
+            self.connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self.connection.execute("SELECT COUNT(*) FROM Cache").fetchone()
+        except sqlite3.OperationalError:  # WAL mode needs files next to it that a read-only folder cannot get
+            self.connection = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            self.connection.execute("SELECT COUNT(*) FROM Cache").fetchone()
+
+    def get(self, key, default=None):
+        db_key, raw = self.disk.put(key)
+        row = self.connection.execute("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?",
+                                      (db_key, raw)).fetchone()
+        return default if row is None else self.disk.fetch(*row, read=False)
+
+    def set(self, key, value):
+        return False
+
+    def close(self):
+        self.connection.close()
+
+
+def cache_is_corrupt(directory: str) -> bool:
+    """True only when the cache's sqlite file fails SQLite's integrity check (not when it is merely unwritable)."""
+    path = os.path.join(directory, "cache.db")
+    if not os.path.exists(path):
+        return False
+    try:
+        connection = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+        try:
+            return connection.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as error:  # cannot open or read it (permissions, locks): not corruption
+        return "malformed" in str(error) or "not a database" in str(error)
+    except sqlite3.DatabaseError:  # "file is not a database", "database disk image is malformed"
+        return True
+
+
 def open_disk_cache(directory: str):
-    """diskcache.Cache in `directory`; an unreadable (corrupt) cache is wiped and rebuilt with a warning."""
+    """diskcache.Cache in `directory`. A cache this process cannot write is used read-only, or skipped (None), with a
+    warning; only a cache that fails the integrity check is rebuilt (empty, with a warning)."""
     import diskcache
 
-    os.makedirs(directory, exist_ok=True)
     try:
-        disk_cache = diskcache.Cache(directory)
-        disk_cache.get("health-check")  # reads the sqlite file: corruption shows up here, not later
-        return disk_cache
-    except Exception as error:
-        warnings.warn(f"the advice cache in {directory} is corrupt ({type(error).__name__}: {error}); "
-                      f"rebuilding it empty")
-        shutil.rmtree(directory, ignore_errors=True)  # our own sub-directory, nothing else lives there
         os.makedirs(directory, exist_ok=True)
-        return diskcache.Cache(directory)
+    except OSError as error:
+        warnings.warn(f"cannot create the advice cache {directory} ({error.strerror}); running without a cache")
+        return None
+    database = os.path.join(directory, "cache.db")
+    writable = os.access(directory, os.W_OK | os.X_OK) and (not os.path.exists(database) or os.access(database, os.W_OK))
+    if writable:
+        try:
+            disk_cache = diskcache.Cache(directory)
+            disk_cache.get("health-check")  # reads the sqlite file: corruption shows up here, not later
+            return disk_cache
+        except Exception as error:
+            if cache_is_corrupt(directory):
+                warnings.warn(f"the advice cache in {directory} is corrupt ({type(error).__name__}: {error}); "
+                              f"rebuilding it empty")
+                shutil.rmtree(directory, ignore_errors=True)  # our own sub-directory, nothing else lives there
+                os.makedirs(directory, exist_ok=True)
+                return diskcache.Cache(directory)
+            reason = f"{type(error).__name__}: {error}"
+    else:
+        reason = "it is not writable"
+    if os.path.exists(database) and not cache_is_corrupt(directory):
+        try:
+            read_only = ReadOnlyDiskCache(directory)
+            warnings.warn(f"the advice cache in {directory} cannot be written ({reason}); using it read-only")
+            return read_only
+        except Exception as error:
+            reason += f"; reading it failed too ({type(error).__name__}: {error})"
+    warnings.warn(f"the advice cache in {directory} cannot be used ({reason}); running without a cache, leaving it as is")
+    return None
 
 
 def common_prefix(tokens: list[int], other_tokens: list[int]) -> list[int]:
@@ -442,9 +597,9 @@ class LLMAdvisor:
         self.subgoal_orders = check_subgoal_orders(subgoal_orders)
         if not temperature > 0:
             raise ValueError(f"--llm-temperature must be > 0, got {temperature}")
-        n_threads = n_threads or os.cpu_count() or 1
+        n_threads = (os.cpu_count() or 1) if n_threads is None else n_threads
         if n_threads < 1:
-            raise ValueError(f"--llm-n-threads must be >= 1, got {n_threads}")
+            raise ValueError(f"--llm-n-threads must be at least 1 (leave it out to use all cores), got {n_threads}")
         self.model_path = resolve_model_path(model_path)
         self.mode, self.temperature, self.actions = mode, float(temperature), check_actions(actions)
         self.n_ctx = int(n_ctx)
@@ -475,8 +630,10 @@ class LLMAdvisor:
         self.answer_tokens = self._answer_tokens()
         self.n_prefix_tokens = len(self.prefix_tokens)
         if self.n_prefix_tokens + 64 > self.n_ctx:
-            raise ValueError(f"the instructions alone take {self.n_prefix_tokens} tokens but --llm-n-ctx is "
-                             f"{self.n_ctx}; pass a larger --llm-n-ctx")
+            self.llm.close()
+            raise ValueError(f"--llm-n-ctx {self.n_ctx} is too small: the instructions take {self.n_prefix_tokens} "
+                             f"tokens and an observation up to 64 more; pass --llm-n-ctx {self.n_prefix_tokens + 64} "
+                             "or more (default 512)")
         self.llm.eval(self.prefix_tokens)  # once: every query restarts from this KV cache
 
         # Caches. Memory: keyed by observation text (model, prompt and mode are fixed per adviser).
@@ -487,6 +644,7 @@ class LLMAdvisor:
         self.memory_cache = collections.OrderedDict()
         self.memory_cache_size = memory_cache_size
         self.disk_cache = None
+        self.disk_cache_dir = None
         if cache_dir and str(cache_dir).lower() != "none":
             self.disk_cache_dir = os.path.join(os.path.expanduser(str(cache_dir)), "llm-advice-v1")
             self.disk_cache = open_disk_cache(self.disk_cache_dir)
@@ -1200,7 +1358,7 @@ def served_llm_error(args) -> str | None:
                          subgoal_orders=getattr(args, "llm_subgoal_orders", "listed")).close()
     except (ValueError, FileNotFoundError) as error:
         return str(error)
-    if args.llm_usd_per_mtok < 0:
+    if getattr(args, "llm_usd_per_mtok", 0.0) < 0:
         return f"--llm-usd-per-mtok must be 0 or more, got {args.llm_usd_per_mtok}"
     return None
 

@@ -15,6 +15,7 @@ prints at the end. With --repeats N the scripts run N times in turn and the last
 """
 
 import contextlib
+import difflib
 import io
 import os
 import re
@@ -47,6 +48,12 @@ class Args:
     """extra flags passed to every script after the first (e.g. "--advisor uniform")"""
     repeats: int = 1
     """run the list of scripts this many times in turn; the summary gives each script's median FPS / raw ratio"""
+
+
+def fail(message):
+    """Bad input: one line on stderr naming what to do, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def raw_env_steps_per_second(env_id, steps, seed=0):
@@ -93,15 +100,26 @@ def training_fps(script, flags):
     finally:
         sys.argv = saved_argv
     fps = re.findall(r"FPS (\d+)", captured.getvalue())
-    if not fps:
-        raise RuntimeError(f"{script} printed no FPS line:\n{captured.getvalue()[-2000:]}")
+    if not fps:  # e.g. a --total-timesteps below one update
+        fail(f"{script} printed no FPS line: {captured.getvalue().strip()[-300:] or 'no output'}")
     return int(fps[-1]), captured.getvalue()
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.repeats < 1 or args.raw_steps < 1 or args.total_timesteps < 1:
-        sys.exit("error: --repeats, --raw-steps and --total-timesteps must be at least 1")
+    if args.repeats < 1 or args.raw_steps < 1 or args.total_timesteps < 1 or args.num_envs < 1:
+        fail("--repeats, --raw-steps, --total-timesteps and --num-envs must be at least 1")
+    if args.env_id not in gym.registry:
+        close = difflib.get_close_matches(args.env_id, list(gym.registry), n=3, cutoff=0.5)
+        fail(f"unknown --env-id '{args.env_id}'" + (f": did you mean {', '.join(close)}?" if close else ""))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for script in args.scripts:
+        if not os.path.isfile(os.path.join(root, script)):
+            fail(f"--scripts {script}: no such file in {root} (e.g. ppo_baseline.py)")
+    try:
+        shlex.split(args.script_args)
+    except ValueError as error:
+        fail(f"--script-args: {error}")
     raw_speeds = [raw_env_steps_per_second(args.env_id, args.raw_steps)]
     print(f"raw env ({args.env_id}, 1 env, random actions): {raw_speeds[0]:.0f} steps/s", flush=True)
     vector_before = raw_vector_env_steps_per_second(args.env_id, args.raw_steps, args.num_envs)

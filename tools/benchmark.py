@@ -88,6 +88,12 @@ VARIANTS = {
 CHECKPOINT = "{checkpoint}"  # replaced by the dependency's agent.pt once it has finished
 
 
+def fail(message):
+    """Bad input: one line on stderr naming what to do, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def short(env_id):
     return env_id.replace("MiniGrid-", "").replace("BabyAI-", "").replace("-v0", "")
 
@@ -350,13 +356,42 @@ def result_path(out, key):
     return os.path.join(out, "runs", key, "result.json")
 
 
+_unreadable_warned = set()
+
+
+def read_result(path):
+    """The result.json at `path`, or None if there is none, or (with one warning) if it cannot be read: half-written
+    or damaged, that run counts as not run."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+        if isinstance(result, dict) and isinstance(result.get("command"), str):
+            return result
+        problem = "not a result of this tool"
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    if path not in _unreadable_warned:
+        _unreadable_warned.add(path)
+        print(f"warning: {path} is unreadable ({problem}); that run counts as not run", file=sys.stderr, flush=True)
+    return None
+
+
+def write_json(path, data):
+    """Write a temporary file, then rename: a crash or Ctrl-C never leaves half of a result.json."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def finished(run, out):
     """A run is finished when its result.json exists and was made with the preset's current flags; a result from
     other flags (the preset changed since) is stale and runs again."""
-    if not os.path.exists(result_path(out, run["key"])):
+    result = read_result(result_path(out, run["key"]))
+    if result is None:
         return False
-    with open(result_path(out, run["key"])) as f:
-        made_by = json.load(f)["command"]
+    made_by = result["command"]
     # The checkpoint placeholder became a path in the command: compare the flags on either side of it.
     flags = shlex.join(run["flags"]).split(shlex.quote(CHECKPOINT))
     return all(part.strip() in made_by for part in flags)
@@ -375,7 +410,10 @@ def hms(seconds):
 
 def launch(run, out, args):
     run_dir = os.path.join(out, "runs", run["key"])
-    shutil.rmtree(run_dir, ignore_errors=True)  # a half-finished earlier attempt would add a second event file
+    if os.path.exists(run_dir):  # an earlier attempt's events would mix with this one's: moved aside, not deleted
+        attempts = os.path.join(out, "earlier-attempts")
+        os.makedirs(attempts, exist_ok=True)
+        os.rename(run_dir, os.path.join(attempts, f"{run['key']}__{int(time.time() * 1000)}"))
     os.makedirs(run_dir)
     argv = command(run, out, args)
     log = open(os.path.join(out, "logs", f"{run['key']}.log"), "w")
@@ -402,8 +440,7 @@ def finish(job, out):
             parsed = parse_output(f.read())
         result = {k: v for k, v in run.items() if k != "flags"} | dict(
             command=readable(job["argv"]), returncode=rc, wall_seconds=round(time.time() - job["start"], 1), **parsed)
-        with open(result_path(out, run["key"]), "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(result_path(out, run["key"]), result)
     return rc
 
 
@@ -627,9 +664,18 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     check_launcher(args)
     if args.preset not in PRESETS:
-        sys.exit(f"error: unknown --preset '{args.preset}': choose one of {', '.join(PRESETS)}")
+        fail(f"unknown --preset '{args.preset}': choose one of {', '.join(PRESETS)}")
+    if args.workers < 1:
+        fail(f"--workers must be at least 1, got {args.workers}")
+    if args.llm_cache_dir and os.path.isfile(os.path.expanduser(args.llm_cache_dir)):
+        fail(f"--llm-cache-dir {args.llm_cache_dir} is a file: pass a folder (every LLM run would fail on it)")
     out_arg = args.out or os.path.join("benchmarks", args.preset)
     out = os.path.abspath(out_arg)
+    existing = out
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not args.dry_run and not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+        fail(f"--out {out_arg}: {existing} is not a writable folder; pass another --out")
     runs = PRESETS[args.preset]
     keys = {run["key"] for run in runs}
     assert len(keys) == len(runs), "duplicate run keys in the preset"
@@ -637,9 +683,9 @@ if __name__ == "__main__":
     if args.only:
         runs = [run for run in runs if args.only in run["key"] or args.only in run.get("after", "")]
         if not runs:
-            sys.exit(f"error: no run of preset {args.preset} has '{args.only}' in its key (see --dry-run)")
+            fail(f"no run of preset {args.preset} has '{args.only}' in its key (see --dry-run)")
     done = [run for run in runs if finished(run, out)]
-    stale = [run["key"] for run in runs if run not in done and os.path.exists(result_path(out, run["key"]))]
+    stale = [run["key"] for run in runs if run not in done and read_result(result_path(out, run["key"]))]
     if stale:
         print(f"{len(stale)} result(s) made with other flags (the preset changed) and will run again: "
               f"{', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}", flush=True)
@@ -661,6 +707,7 @@ if __name__ == "__main__":
     total, finished, failed, running = len(pending), 0, {}, {}
     start = time.time()
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started in the background, where SIGINT begins ignored
     if args.launcher == "slurm":  # the cluster runs them; the local loop below then has nothing left to start
         import benchmark  # this file as a module: the jobs unpickle its run_job, and its `finished` is no counter
 
@@ -675,7 +722,7 @@ if __name__ == "__main__":
                     failed[run["key"]] = f"not run: {after} failed"
                     finished += 1
                     print(f"[{finished}/{total}] {run['key']}  not run ({after} failed)", flush=True)
-                elif len(running) < args.workers and (not after or os.path.exists(result_path(out, after))):
+                elif len(running) < args.workers and (not after or read_result(result_path(out, after))):
                     pending.remove(run)
                     running[run["key"]] = launch(run, out, args)
             for key, job in list(running.items()):

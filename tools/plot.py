@@ -62,11 +62,23 @@ TAG_LABELS = {
 TAG_SHORT = {"eval/episodic_return": "eval", "charts/rolling_return": "rolling"}
 
 
+def fail(message):
+    """Bad input: one line on stderr naming what to do, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load_runs(folder):
     runs = []
     for path in sorted(glob.glob(os.path.join(folder, "runs", "*", "result.json"))):
-        with open(path) as f:
-            run = json.load(f)
+        try:
+            with open(path) as f:
+                run = json.load(f)
+            if not isinstance(run, dict) or not {"kind", "env_id", "variant"} <= run.keys():
+                raise ValueError("not a result of tools/benchmark.py")
+        except (OSError, ValueError) as error:  # half-written or damaged: that run counts as not run
+            print(f"warning: {path} is unreadable ({type(error).__name__}: {error}); skipping that run", file=sys.stderr)
+            continue
         # The scripts write their events into a subfolder of --run-dir named after the env, script, seed and time.
         events = sorted(glob.glob(os.path.join(os.path.dirname(path), "*", "events.out.tfevents.*")))
         run["scalars"] = read_scalars(os.path.dirname(events[-1])) if events else {}
@@ -349,11 +361,14 @@ def worst_case(entry, mechanism):
     base = np.mean(entry["base_late"])
     points = [(p, np.mean(point["late"]), np.std(point["late"])) for p, point in sorted_points(entry, mechanism)
               if point["late"]]
+    if not points:
+        return f"**{mechanism}**: no late return to compare with."
     p, late, std = min(points, key=lambda item: item[1])
     name = "uniform" if p == "uniform" else f"p = {p:g}"
     verdict = "within 5%" if late >= 0.95 * base else "**more than 5% below: a defect**"
+    change = f"{late / base - 1:+.1%}" if base > 0 else "baseline at 0: no relative change"
     return (f"**{mechanism}**: lowest at {name}: {late:.3f} ± {std:.3f} against the baseline's {base:.3f} ± "
-            f"{np.std(entry['base_late']):.3f} ({late / base - 1:+.1%}), {verdict}")
+            f"{np.std(entry['base_late']):.3f} ({change}), {verdict}")
 
 
 def break_even(entry, mechanism):
@@ -611,9 +626,9 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if not os.path.isdir(os.path.join(args.folder, "runs")):
-        sys.exit(f"error: {args.folder} holds no runs/ folder (is it the --out of tools/benchmark.py?)")
+        fail(f"{args.folder} holds no runs/ folder (is it the --out of tools/benchmark.py?)")
     if args.model_accuracy is not None and not os.path.isfile(args.model_accuracy):
-        sys.exit(f"error: --model-accuracy {args.model_accuracy}: no such file")
+        fail(f"--model-accuracy {args.model_accuracy}: no such file")
     print(make_report(args.folder, args.threshold, args.tag, args.model_accuracy, args.study_threshold))
     written = [name for name in ("results.md", "curves.png", "study.md", "accuracy.png")
                if os.path.exists(os.path.join(args.folder, name))]

@@ -9,6 +9,7 @@ evaluation of the agent alone (eval/episodic_return and eval/success_rate, if th
 
 import glob
 import os
+import sys
 from dataclasses import dataclass
 
 import tyro
@@ -23,6 +24,12 @@ class Args:
     """scalar to test against the threshold (charts/rolling_return: mean return of the last 100 episodes)"""
     threshold: float = 0.9
     """report the first frame at which the tag reached this value"""
+
+
+def fail(message):
+    """Bad input: one line on stderr naming what to do, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def read_scalars(run_path):
@@ -47,6 +54,11 @@ def run_paths(run_dirs):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    for run_dir in args.run_dirs:
+        if not os.path.isdir(run_dir):
+            fail(f"{run_dir} is not a folder: pass the --run-dir of the training scripts (default runs)")
+    if not run_paths(args.run_dirs):
+        fail(f"no runs in {', '.join(args.run_dirs)}: pass a folder of run folders, or a run folder")
     print(f"| run | frames to {args.tag} >= {args.threshold} | last {args.tag} | eval return | eval success | FPS |")
     print("|---|---|---|---|---|---|")
     for path in run_paths(args.run_dirs):
