@@ -221,11 +221,12 @@ def test_resume_continues_the_run_its_schedules_and_folder(tmp_path):
 # ---- 6. tools/advice_eval.py on a warm cache --------------------------------------------------------------------
 def test_advice_eval_runs_twice_on_the_same_cache(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "tools", "advice_eval.py"), "--env-ids", "BabyAI-GoToObj-v0",
-               "--num-states", "2", "--llm-n-threads", "2", "--llm-cache-dir", str(tmp_path)]
+               "--num-states", "2", "--subgoal-states", "3", "--subgoal-env-ids", "BabyAI-KeyCorridorS3R1-v0",
+               "--llm-n-threads", "2", "--llm-cache-dir", str(tmp_path)]
     for attempt in range(2):
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert "| llm | " in result.stdout and "all cached" in result.stdout
+    assert "| llm | " in result.stdout and "all cached" in result.stdout and "| llm, cyclic order" in result.stdout
 
 
 # ---- 7. a damaged result.json --------------------------------------------------------------------------------------

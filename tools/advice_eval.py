@@ -309,6 +309,8 @@ def check_args(args: Args) -> str | None:
                     + (f"did you mean {', '.join(close)}?" if close else "BabyAI-GoToLocal-v0 is an example."))
     if not args.env_ids:
         return "--env-ids needs at least one BabyAI level"
+    if args.subgoal_states < 0:
+        return f"--subgoal-states must be 0 (no ranking table) or more, got {args.subgoal_states}"
     if args.num_states < 1 or args.batch_size < 1:
         return f"--num-states and --batch-size must be at least 1, got {args.num_states} and {args.batch_size}"
     if not 0 <= args.random_action_prob <= 1:
