@@ -3,13 +3,10 @@
 import glob
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 
-import httpx
 import numpy as np
 import pytest
 
@@ -18,40 +15,7 @@ from test_baseline import ROOT, TINY, only_run, run_script, scalars
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import prompts  # noqa: E402
 from advice_eval import collect_states  # noqa: E402
-
-
-
-def start_server(model_path):
-    """python -m llama_cpp.server on a free port; returns (process, base URL) once /v1/models answers."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1", "--port", str(port),
-         "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "512"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited with {process.returncode} (is llama-cpp-python[server] installed?)")
-        try:
-            if httpx.get(base_url + "/models", timeout=2).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            time.sleep(0.5)
-    stop_server(process)
-    raise RuntimeError("llama_cpp.server did not answer within 120 s")
-
-
-def stop_server(process):
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+from bench_server import start_server, stop_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")

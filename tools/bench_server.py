@@ -44,7 +44,9 @@ class Args:
     """server port (0: a free one)"""
 
 
-def start_server(model_path, threads, port):
+def start_server(model_path, threads=1, port=0):
+    """`python -m llama_cpp.server` on 127.0.0.1 (a free port when 0); returns (process, base URL) once /v1/models
+    answers. Also the tests' server."""
     import httpx
 
     if not port:
@@ -55,16 +57,28 @@ def start_server(model_path, threads, port):
                                 "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
                                 "--n_ctx", "512"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(240):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit("error: llama_cpp.server exited at start-up (pip install 'llama-cpp-python[server]')")
+            raise RuntimeError("llama_cpp.server exited at start-up (pip install 'llama-cpp-python[server]')")
         try:
             if httpx.get(base_url + "/models", timeout=2).status_code == 200:
                 return process, base_url
         except httpx.TransportError:
             time.sleep(0.5)
-    process.kill()
-    sys.exit("error: llama_cpp.server did not answer within 120 s")
+    stop_server(process)
+    raise RuntimeError("llama_cpp.server did not answer within 120 s")
+
+
+def stop_server(process):
+    """SIGTERM by PID, SIGKILL if it does not exit within 20 s."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def ms_per_query(advisor, texts, batch_size):
@@ -109,8 +123,7 @@ def main(args: Args):
         repeat_ms = 100 * (time.perf_counter() - start)
         served.close()
     finally:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait()
+        stop_server(process)
     local_ms = np.median(results["in process"])
     print(f"## Uncached queries: in process vs llama_cpp.server, {os.path.basename(model_path)}, {args.threads} "
           f"llama.cpp thread(s) each, {len(texts)} distinct {args.env_id} states, batches of {args.batch_size}, "
@@ -129,6 +142,6 @@ def main(args: Args):
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
