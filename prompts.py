@@ -636,10 +636,15 @@ class LLMAdvisor:
                              "or more (default 512)")
         self.llm.eval(self.prefix_tokens)  # once: every query restarts from this KV cache
 
-        # Caches. Memory: keyed by observation text (model, prompt and mode are fixed per adviser).
-        # Disk: keyed by a hash of everything that determines the raw answer.
-        self.identity = model_identity(self.model_path)
-        self.static_key = "\n".join([self.identity, mode, self.prefix, self.suffix, self.lead_in,
+        self._setup_caches(model_identity(self.model_path), cache_dir, memory_cache_size)
+        self.stats["prefix_tokens"] = self.n_prefix_tokens
+        self._setup_subgoal_prompt()
+
+    def _setup_caches(self, identity: str, cache_dir: str | None, memory_cache_size: int):
+        """Caches and counters. Memory: keyed by observation text (model, prompt and mode are fixed per adviser).
+        Disk: keyed by a hash of everything that determines the raw answer, the model's `identity` first."""
+        self.identity = identity
+        self.static_key = "\n".join([self.identity, self.mode, self.prefix, self.suffix, self.lead_in,
                                      str(self.actions), str(MAX_REPLY_TOKENS)])
         self.memory_cache = collections.OrderedDict()
         self.memory_cache_size = memory_cache_size
@@ -649,11 +654,9 @@ class LLMAdvisor:
             self.disk_cache_dir = os.path.join(os.path.expanduser(str(cache_dir)), "llm-advice-v1")
             self.disk_cache = open_disk_cache(self.disk_cache_dir)
         self.stats = new_stats()
-        self.stats.update(prefix_tokens=self.n_prefix_tokens, tokens_per_uncached_query=0.0,
-                          prompt_tokens_per_query=0.0)
+        self.stats.update(prefix_tokens=0, tokens_per_uncached_query=0.0, prompt_tokens_per_query=0.0)
         self.uncached_seconds = 0.0
         self.full_prompt_tokens = 0
-        self._setup_subgoal_prompt()
 
     def _answer_tokens(self) -> dict[int, list[int]]:
         """Token ids of each allowed answer word as it follows the lead-in (' forward' after 'Action:')."""
@@ -1158,19 +1161,11 @@ class ServedLLMAdvisor(LLMAdvisor):
         finally:
             self.server.timeout = run_timeout
 
-        self.identity = f"served:{self.api}:top{self.top_k}:echo{int(self.echo_scoring)}:{self.model}"
-        self.static_key = "\n".join([self.identity, mode, self.prefix, self.suffix, self.lead_in,
-                                     str(self.actions), str(MAX_REPLY_TOKENS)])
+        self._setup_caches(f"served:{self.api}:top{self.top_k}:echo{int(self.echo_scoring)}:{self.model}", cache_dir,
+                           memory_cache_size)
         self.subgoal_key = "\n".join(["subgoals-v1", self.identity, self.subgoal_prefix, self.subgoal_suffix,
                                       self.subgoal_lead_in])
-        self.memory_cache, self.memory_cache_size = collections.OrderedDict(), memory_cache_size
-        self.disk_cache = None
-        if cache_dir and str(cache_dir).lower() != "none":
-            self.disk_cache_dir = os.path.join(os.path.expanduser(str(cache_dir)), "llm-advice-v1")
-            self.disk_cache = open_disk_cache(self.disk_cache_dir)
-        self.stats = new_stats()
-        self.stats.update(prefix_tokens=0, tokens_per_uncached_query=0.0, prompt_tokens_per_query=0.0)
-        self.uncached_seconds, self.full_prompt_tokens, self.warned = 0.0, 0, False
+        self.warned = False
         self.server.counts = dict.fromkeys(self.server.counts, 0)  # the start-up checks are not queries
 
     def _template_kwargs(self, model_path: str | None) -> tuple[dict, str]:
