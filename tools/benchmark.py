@@ -200,7 +200,8 @@ def ranking_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, l
     noisy subgoal ranker of known quality (the bot plan's next subgoal on top with probability p, else another
     candidate) at each p on `noisy_seeds` (default: `seeds`), the uniform ranking and the baseline on `seeds`; and
     SmolLM2's ranking as listed and/or with its position bias controlled (--llm-subgoal-orders cyclic, `llm_orders`) on
-    `llm_seeds`. Labels and result.json fields as study_runs (mechanism 'explore'), so tools/plot.py draws accuracy.png and study.md."""
+    `llm_seeds`. Labels and result.json fields as study_runs (mechanism 'explore'), so tools/plot.py draws accuracy.png
+    and study.md."""
     noisy_seeds = seeds if noisy_seeds is None else noisy_seeds
     runs = [run for run in study_runs(env_id, accuracies, sorted(set(seeds) | set(noisy_seeds)), frames, eval_every,
                                       eval_episodes, extra, explore=True)
@@ -292,7 +293,6 @@ PRESETS = {
     # The policy line as first run, at --distill-coef 1.0: a 25-80%-accurate adviser ruined the actor (README).
     "study-distill1.0": study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32,
                                    distill_coef="1.0", explore=False),
-    # For the test: 2 accuracies x 2 mechanisms + the baseline, 1 seed, 1,024 frames (under a minute on 2 cores).
     # Issue 19: the subgoal bonus with rankers of known quality, the uniform ranking and the baseline; SmolLM2's
     # ranking (as listed and position-debiased) on the level where the question is asked, with 5 seeds there; the
     # debiased ranking against the uniform one, 5 seeds, on the level where SmolLM2 ranked best after it (UnlockLocal).
@@ -303,6 +303,7 @@ PRESETS = {
                       noisy_seeds=[1, 2, 3], llm_orders=("cyclic",)),
         *ranking_runs("BabyAI-UnlockPickup-v0", [1.0, 0.6, 0.3], [1, 2, 3], 100_000, 20, 32),
     ],
+    # For the test: 2 accuracies x 2 mechanisms + the baseline, 1 seed, 1,024 frames (under a minute on 2 cores).
     "study-tiny": study_runs("BabyAI-GoToObj-v0", [1.0, 0.25], [1], 1024, 1, 4, TINY, uniform=False),
 }
 
