@@ -56,6 +56,8 @@ class Args:
     """save GIFs of up to 3 evaluation episodes to <run-dir>/<run-name>/videos/ (needs --eval-episodes > 0)"""
     log_every: int = 5
     """print a progress line every this many updates"""
+    memory: bool = True
+    """give the agent a GRU memory of past steps (recurrent PPO); a --checkpoint or --resume brings its own"""
 
     # Algorithm specific arguments
     env_id: str = "MiniGrid-DoorKey-5x5-v0"
@@ -76,9 +78,9 @@ class Args:
     """the discount factor gamma"""
     gae_lambda: float = 0.95
     """the lambda for the general advantage estimation"""
-    num_minibatches: int = 4
-    """the number of mini-batches"""
-    update_epochs: int = 4
+    num_minibatches: int = 2
+    """the number of mini-batches (each holds whole env sequences: --num-envs must divide by it)"""
+    update_epochs: int = 8
     """the K epochs to update the policy"""
     norm_adv: bool = True
     """toggles advantages normalization (skipped for a rollout without any reward: see the update)"""
@@ -118,6 +120,7 @@ MISSION_WORDS = (
 ).split()
 PAD_ID, UNKNOWN_ID = 0, 1
 WORD_TO_ID = {word: i + 2 for i, word in enumerate(MISSION_WORDS)}
+MEMORY_SIZE = 64  # hidden units of the agent's GRU memory
 
 
 def encode_mission(mission: str) -> np.ndarray:
@@ -175,7 +178,7 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    def __init__(self, n_actions):
+    def __init__(self, n_actions, memory=True):
         super().__init__()
         # Cell values are categories (object 5 is not "more" than object 4). A multi-hot vector per cell (one slot per
         # object, color and state) times a linear layer is the sum of three embeddings, with a much cheaper backward
@@ -189,11 +192,17 @@ class Agent(nn.Module):
         # The mission as a bag of words: the levels benchmarked here are told apart by which words appear ("go to the
         # red ball"). Order-sensitive missions ("put A next to B") would need a GRU, at several times the cost.
         self.mission_encoder = nn.Sequential(layer_init(nn.Linear(len(MISSION_WORDS) + 2, 32)), nn.ReLU())
+        # FiLM (as in BabyAI's own agent): the mission scales and shifts each patch channel, so that the CNN itself looks
+        # for what the mission names. Small initial weights: it starts as the plain CNN.
+        self.film = layer_init(nn.Linear(32, 2 * 16), std=0.01)
         features = 4 * 4 * 16 + 4 + 32
-        self.critic = nn.Sequential(layer_init(nn.Linear(features, 64)), nn.Tanh(), layer_init(nn.Linear(64, 1), std=1.0))
-        self.actor = nn.Sequential(
-            layer_init(nn.Linear(features, 64)), nn.Tanh(), layer_init(nn.Linear(64, n_actions), std=0.01)
-        )
+        # The memory: a GRU over the steps of an episode (what was seen before it turned away), reset at episode ends.
+        self.memory_size = MEMORY_SIZE if memory else 0
+        if memory:
+            self.memory = nn.GRUCell(features, MEMORY_SIZE)
+        heads = features + self.memory_size
+        self.critic = nn.Sequential(layer_init(nn.Linear(heads, 64)), nn.Tanh(), layer_init(nn.Linear(64, 1), std=1.0))
+        self.actor = nn.Sequential(layer_init(nn.Linear(heads, 64)), nn.Tanh(), layer_init(nn.Linear(64, n_actions), std=0.01))
 
     def features(self, obs):
         batch = len(obs)
@@ -204,18 +213,44 @@ class Agent(nn.Module):
         direction = torch.zeros(batch, 4, device=obs.device).scatter_(1, obs[:, VIEW_CELLS : VIEW_CELLS + 1].long(), 1.0)
         words = torch.zeros(batch, len(MISSION_WORDS) + 2, device=obs.device).scatter_(1, obs[:, VIEW_CELLS + 1 :].long(), 1.0)
         words[:, PAD_ID] = 0.0
-        return torch.cat([torch.relu(self.patch_conv(patches)).flatten(1), direction, self.mission_encoder(words)], dim=1)
+        mission = self.mission_encoder(words)
+        scale, shift = self.film(mission).unsqueeze(1).chunk(2, dim=2)
+        patch_features = torch.relu(self.patch_conv(patches) * (1 + scale) + shift)
+        return torch.cat([patch_features.flatten(1), direction, mission], dim=1)
 
-    def get_value(self, x):
-        return self.critic(self.features(x))
+    def initial_memory(self, num_envs, device):
+        return torch.zeros(num_envs, self.memory_size, device=device)  # width 0 without a memory
 
-    def get_action_and_value(self, x, action=None):
+    def get_states(self, x, memory_state, done):
+        """Features of x (steps x envs, flattened step-major) with the memory after each step, and the last memory.
+        `done` marks the first step of a new episode: the memory is reset there."""
         hidden = self.features(x)
+        if self.memory_size == 0:
+            return hidden, memory_state
+        num_envs = memory_state.shape[0]
+        # nn.GRUCell's equations, written out so that the input side is one matrix product for all steps
+        input_gates = nn.functional.linear(hidden, self.memory.weight_ih, self.memory.bias_ih).view(-1, num_envs, 3, self.memory_size)
+        keep = (1.0 - done).view(-1, num_envs, 1)
+        memories = []
+        for step_gates, step_keep in zip(input_gates, keep):
+            memory_state = memory_state * step_keep
+            memory_gates = nn.functional.linear(memory_state, self.memory.weight_hh, self.memory.bias_hh).view(num_envs, 3, -1)
+            reset, update = torch.sigmoid(step_gates[:, :2] + memory_gates[:, :2]).unbind(1)
+            candidate = torch.tanh(torch.addcmul(step_gates[:, 2], reset, memory_gates[:, 2]))
+            memory_state = torch.lerp(candidate, memory_state, update)
+            memories.append(memory_state)
+        return torch.cat([hidden, torch.cat(memories)], dim=1), memory_state
+
+    def get_value(self, x, memory_state, done):
+        return self.critic(self.get_states(x, memory_state, done)[0])
+
+    def get_action_and_value(self, x, memory_state, done, action=None):
+        hidden, memory_state = self.get_states(x, memory_state, done)
         logits = self.actor(hidden)
         probs = Categorical(logits=logits, validate_args=False)  # the checks cost more than this tiny net
         if action is None:
             action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden), memory_state
 
 
 def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, video_dir=None, stop=lambda: False):
@@ -227,16 +262,19 @@ def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, vide
     quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
     returns, lengths, gif_frames, gifs_saved = [], [], [], 0
     obs, _ = envs.reset(seed=seed)
+    memory_state, done = agent.initial_memory(num_envs, device), torch.zeros(num_envs, device=device)
     while quota.sum() > 0:
         if stop():
             envs.close()
             return None
         if video_dir is not None and gifs_saved < 3:
             gif_frames.append(envs.unwrapped.envs[0].render())
-        with torch.no_grad():
-            logits = agent.actor(agent.features(torch.as_tensor(obs, device=device)))
+        with torch.no_grad():  # the actor carries its memory from step to step, like in training
+            hidden, memory_state = agent.get_states(torch.as_tensor(obs, device=device), memory_state, done)
+            logits = agent.actor(hidden)
             action = logits.argmax(1) if argmax else Categorical(logits=logits, validate_args=False).sample()
-        obs, _, _, _, infos = envs.step(action.cpu().numpy())
+        obs, _, terminations, truncations, infos = envs.step(action.cpu().numpy())
+        done = torch.as_tensor(np.logical_or(terminations, truncations), dtype=torch.float32, device=device)
         for i in np.flatnonzero(infos.get("_episode", [])):
             if i == 0 and video_dir is not None and gifs_saved < 3:
                 save_gif(gif_frames, os.path.join(video_dir, f"episode_{gifs_saved}.gif"))
@@ -353,8 +391,6 @@ def check_args(args):
         fail("--learning-rate, --clip-coef and --max-grad-norm must be positive")
     if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
         fail(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {args.gamma} and {args.gae_lambda}")
-    if (args.num_envs * args.num_steps) % args.num_minibatches:
-        fail(f"--num-envs x --num-steps ({args.num_envs * args.num_steps}) must divide by --num-minibatches")
     if args.resume is not None and (args.checkpoint is not None or args.fine_tune):
         fail("--resume continues a run; --checkpoint PATH --fine-tune starts a new one from a checkpoint: use one of them")
     if args.checkpoint is not None and not args.fine_tune and args.eval_episodes == 0:
@@ -378,12 +414,16 @@ def check_args(args):
     checkpoint = None
     if args.checkpoint is not None or args.resume is not None:
         checkpoint = read_checkpoint(args.checkpoint or args.resume, "--checkpoint" if args.checkpoint else "--resume")
-        expected = {name: tuple(value.shape) for name, value in Agent(n_actions).state_dict().items()}
+        args.memory = bool(checkpoint["args"].get("memory", True))  # the agent is built as it was trained
+        expected = {name: tuple(value.shape) for name, value in Agent(n_actions, args.memory).state_dict().items()}
         shapes = {name: tuple(getattr(value, "shape", ())) for name, value in dict(checkpoint["model"]).items()}
         trained_actions = shapes.get("actor.2.weight", (None,))[0]
         if trained_actions != n_actions and trained_actions is not None:
             fail(f"{args.checkpoint or args.resume} was trained on an env with {trained_actions} actions, {args.env_id} "
                  f"has {n_actions}: evaluate or fine-tune it on an env with {trained_actions} actions")
+        if "film.weight" not in shapes:
+            fail(f"{args.checkpoint or args.resume} holds the earlier agent (no mission-conditioned CNN, no memory), which "
+                 "this script no longer builds: train a new agent")
         if shapes != expected:
             fail(f"{args.checkpoint or args.resume} holds another network than this script's (written by another "
                  "version of it?): train a new agent")
@@ -410,6 +450,8 @@ if __name__ == "__main__":
     if train and args.num_iterations == 0:
         fail(f"--total-timesteps {args.total_timesteps} is less than one update (--num-envs x --num-steps = "
              f"{args.batch_size} frames): pass at least {args.batch_size}")
+    if train and args.num_envs % args.num_minibatches:  # a minibatch replays whole env sequences
+        fail(f"--num-envs {args.num_envs} must divide by --num-minibatches {args.num_minibatches}")
     interrupted, second_ctrl_c_raises = False, False
 
     def on_ctrl_c(signum, frame):
@@ -436,7 +478,7 @@ if __name__ == "__main__":
     envs = make_vector_env(args.env_id, args.num_envs, asynchronous=args.async_envs)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
 
-    agent = Agent(envs.single_action_space.n).to(device)
+    agent = Agent(envs.single_action_space.n, args.memory).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
@@ -481,6 +523,7 @@ if __name__ == "__main__":
     next_obs, _ = envs.reset(seed=args.seed + start_iteration * args.num_envs)
     next_obs = torch.as_tensor(next_obs).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
+    next_memory = agent.initial_memory(args.num_envs, device)
     second_ctrl_c_raises = True
 
     try:
@@ -489,6 +532,7 @@ if __name__ == "__main__":
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            initial_memory = next_memory.clone()  # the update replays the rollout from here
 
             for step in range(0, args.num_steps):
                 if interrupted:
@@ -499,7 +543,7 @@ if __name__ == "__main__":
 
                 # ALGO LOGIC: action logic (inference mode: no_grad without the autograd bookkeeping)
                 with torch.inference_mode():
-                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                    action, logprob, _, value, next_memory = agent.get_action_and_value(next_obs, next_memory, next_done)
                     values[step] = value.flatten()
                 actions[step] = action
                 logprobs[step] = logprob
@@ -521,7 +565,7 @@ if __name__ == "__main__":
 
             # bootstrap value if not done
             with torch.no_grad():
-                next_value = agent.get_value(next_obs).reshape(1, -1)
+                next_value = agent.get_value(next_obs, next_memory, next_done).reshape(1, -1)
                 advantages = torch.zeros_like(rewards).to(device)
                 lastgaelam = 0
                 for t in reversed(range(args.num_steps)):
@@ -544,17 +588,23 @@ if __name__ == "__main__":
             b_advantages = advantages.reshape(-1)
             b_returns = returns.reshape(-1)
             b_values = values.reshape(-1)
+            b_dones = dones.reshape(-1)
 
-            # Optimizing the policy and value network
-            b_inds = np.arange(args.batch_size)
+            # Optimizing the policy and value network: a minibatch holds whole env sequences, replayed from the memory
+            # the rollout started with (as in CleanRL's ppo_atari_lstm.py)
+            envs_per_minibatch = args.num_envs // args.num_minibatches
+            env_inds = np.arange(args.num_envs)
+            flat_inds = np.arange(args.batch_size).reshape(args.num_steps, args.num_envs)
             clipfracs = []
             for epoch in range(args.update_epochs):
-                np.random.shuffle(b_inds)
-                for start in range(0, args.batch_size, args.minibatch_size):
-                    end = start + args.minibatch_size
-                    mb_inds = b_inds[start:end]
+                np.random.shuffle(env_inds)
+                for start in range(0, args.num_envs, envs_per_minibatch):
+                    mb_env_inds = env_inds[start : start + envs_per_minibatch]
+                    mb_inds = flat_inds[:, mb_env_inds].ravel()  # step-major, as get_states reads them
 
-                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                    _, newlogprob, entropy, newvalue, _ = agent.get_action_and_value(
+                        b_obs[mb_inds], initial_memory[mb_env_inds], b_dones[mb_inds], b_actions[mb_inds]
+                    )
                     logratio = newlogprob - b_logprobs[mb_inds]
                     ratio = logratio.exp()
 

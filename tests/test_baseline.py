@@ -87,6 +87,42 @@ def test_the_agent_reads_the_mission():
     assert not torch.allclose(features[0], features[1])
 
 
+def observations(env_id, seeds):
+    env = baseline.make_env(env_id)()
+    return torch.as_tensor(np.stack([env.reset(seed=seed)[0] for seed in seeds]))
+
+
+def test_the_memory_is_a_gru_reset_where_an_episode_starts():
+    """get_states' written-out equations are nn.GRUCell's, step by step, with the memory zeroed at each `done`."""
+    torch.manual_seed(0)
+    agent = baseline.Agent(7)
+    steps, num_envs = 5, 3
+    obs = observations("BabyAI-GoToLocal-v0", range(steps * num_envs))
+    done = torch.zeros(steps, num_envs)
+    done[2, 1] = done[3, 0] = 1.0
+    start = torch.randn(num_envs, baseline.MEMORY_SIZE)
+    with torch.no_grad():
+        hidden, last = agent.get_states(obs, start, done.flatten())
+        features, memory, expected = agent.features(obs).view(steps, num_envs, -1), start, []
+        for step in range(steps):
+            memory = agent.memory(features[step], memory * (1 - done[step, :, None]))
+            expected.append(memory)
+    assert torch.allclose(hidden[:, -baseline.MEMORY_SIZE :], torch.cat(expected), atol=1e-5)
+    assert torch.allclose(last, memory, atol=1e-5)
+    # after a reset, the memory no longer depends on where it started
+    with torch.no_grad():
+        _, other_last = agent.get_states(obs, torch.randn(num_envs, baseline.MEMORY_SIZE), done.flatten())
+    assert torch.allclose(last[:2], other_last[:2], atol=1e-6) and not torch.allclose(last[2], other_last[2])
+
+
+def test_the_memoryless_agent_has_no_gru():
+    agent = baseline.Agent(7, memory=False)
+    assert not any(name.startswith("memory.") for name in agent.state_dict())
+    obs = observations("MiniGrid-DoorKey-5x5-v0", range(4))
+    action, _, _, value, memory = agent.get_action_and_value(obs, agent.initial_memory(4, "cpu"), torch.zeros(4))
+    assert action.shape == (4,) and value.shape == (4, 1) and memory.shape == (4, 0)
+
+
 # ---- the script end to end -----------------------------------------------------------------------------------------
 
 
@@ -135,6 +171,36 @@ def test_fine_tune_continues_from_a_checkpoint(trained, tmp_path):
     assert "loaded" in result.stdout and "frames 256" in result.stdout
 
 
+def test_the_memory_flag_follows_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "runs"
+    result = run_script("--no-memory", "--total-timesteps", "256", "--save-model", "--run-dir", str(run_dir), *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint_path = os.path.join(only_run(str(run_dir)), "agent.pt")
+    assert not any(name.startswith("memory.") for name in torch.load(checkpoint_path, weights_only=True)["model"])
+    # evaluated without --no-memory: the agent is built as it was trained
+    result = run_script("--checkpoint", checkpoint_path, "--eval-episodes", "2", "--run-dir", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "success rate" in result.stdout
+
+
+def test_a_checkpoint_of_the_earlier_agent_gets_one_clear_line(trained, tmp_path):
+    """The agent before FiLM and the memory: no film.* or memory.* weights, heads on the 548 plain features."""
+    _, run_path = trained
+    checkpoint = torch.load(os.path.join(run_path, "agent.pt"), weights_only=True)
+    model = {name: value for name, value in checkpoint["model"].items() if not name.startswith(("film.", "memory."))}
+    for head in ["actor.0.weight", "critic.0.weight"]:
+        model[head] = model[head][:, : 4 * 4 * 16 + 4 + 32].clone()
+    checkpoint["model"] = model
+    checkpoint["args"].pop("memory")
+    earlier = tmp_path / "earlier.pt"
+    torch.save(checkpoint, earlier)
+    result = run_script("--checkpoint", str(earlier), "--eval-episodes", "2", "--run-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds the earlier agent" in lines[0] and "train a new agent" in lines[0], result.stderr
+    assert not os.path.exists(tmp_path / "runs")
+
+
 def test_same_seed_gives_the_same_learning_curve(tmp_path):
     curves = []
     for attempt in range(2):
@@ -152,7 +218,7 @@ def test_same_seed_gives_the_same_learning_curve(tmp_path):
         (["--env-id", "MiniGrid-DoorKey-5x5-v9"], "did you mean MiniGrid-DoorKey-5x5-v0"),
         (["--env-id", "CartPole-v1"], "use a MiniGrid-* or BabyAI-* id"),
         (["--num-envs", "0"], "--num-envs must be at least 1"),
-        (["--num-minibatches", "3"], "must divide by --num-minibatches"),
+        (["--num-minibatches", "3"], "--num-envs 16 must divide by --num-minibatches 3"),
         (["--checkpoint", "/nonexistent/agent.pt", "--eval-episodes", "2"], "does not exist"),
         (["--capture-video"], "add --eval-episodes N"),
     ],

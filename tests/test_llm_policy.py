@@ -95,7 +95,9 @@ def test_the_entropy_bonus_is_the_actors_own_not_the_mixed_policys():
     env = policy.make_env("MiniGrid-DoorKey-5x5-v0")()
     obs = torch.as_tensor(np.stack([env.reset(seed=seed)[0] for seed in range(4)]))
     confident_prior = torch.log(torch.tensor([[0.994] + [0.001] * 6] * 4))
-    _, logprob, entropy, _, actor_logits = agent.get_action_and_value(obs, confident_prior, 1.0)
+    _, logprob, entropy, _, _, actor_logits = agent.get_action_and_value(
+        obs, agent.initial_memory(4, "cpu"), torch.zeros(4), confident_prior, 1.0
+    )
     mixed = Categorical(logits=actor_logits + confident_prior)
     assert torch.allclose(entropy, Categorical(logits=actor_logits).entropy())
     assert (entropy > mixed.entropy() + 1.0).all()  # near-uniform actor vs a near-deterministic mixture

@@ -77,7 +77,9 @@ class Args:
 # label -> (script, flags). The variant flags come last on the command line, after the per-run ones.
 VARIANTS = {
     "baseline": ("ppo_baseline.py", []),
+    "baseline-no-memory": ("ppo_baseline.py", ["--no-memory"]),
     "policy+expert": ("ppo_llm_policy.py", ["--advisor", "expert"]),
+    "policy+expert-distill1.0": ("ppo_llm_policy.py", ["--advisor", "expert", "--distill-coef", "1.0"]),
     "policy+llm": ("ppo_llm_policy.py", ["--advisor", "llm"]),
     "policy+uniform": ("ppo_llm_policy.py", ["--advisor", "uniform"]),
     "policy+random": ("ppo_llm_policy.py", ["--advisor", "random"]),
@@ -302,6 +304,15 @@ PRESETS = {
         *ranking_runs("BabyAI-UnlockLocal-v0", [1.0, 0.6, 0.3], [1, 2, 3, 4, 5], 100_000, 20, 32, [1, 2, 3, 4, 5],
                       noisy_seeds=[1, 2, 3], llm_orders=("cyclic",)),
         *ranking_runs("BabyAI-UnlockPickup-v0", [1.0, 0.6, 0.3], [1, 2, 3], 100_000, 20, 32),
+    ],
+    # Issue 17, the agent with FiLM and a GRU memory: with and without the memory, on the levels of the issue's targets;
+    # the expert's guidance on GoToLocal (the multi-object level), also with the distillation loss.
+    "agent": [
+        *train_runs(["baseline", "baseline-no-memory"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 80_000, 10, 32),
+        *train_runs(["baseline", "baseline-no-memory"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 40, 32),
+        *train_runs(["baseline", "baseline-no-memory"], "MiniGrid-DoorKey-8x8-v0", [1, 2, 3], 300_000, 20, 32),
+        *train_runs(["policy+expert", "policy+expert-distill1.0"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 40, 32),
+        *train_runs(["baseline"], "BabyAI-PickupLoc-v0", [1, 2, 3], 2_000_000, 80, 32),
     ],
     # For the test: 2 accuracies x 2 mechanisms + the baseline, 1 seed, 1,024 frames (under a minute on 2 cores).
     "study-tiny": study_runs("BabyAI-GoToObj-v0", [1.0, 0.25], [1], 1024, 1, 4, TINY, uniform=False),
