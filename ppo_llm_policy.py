@@ -904,7 +904,7 @@ if __name__ == "__main__":
         print(
             f"adviser '{args.advisor}' as the policy on {args.env_id}: mean return {mean_return:.3f}, success rate "
             f"{success_rate:.3f}, mean length {mean_length:.1f} over {args.eval_episodes} episodes "
-            f"({advisor.stats['fallbacks']} fallbacks in {advisor.stats['queries']} queries)",
+            f"({advisor.stats['queries']} queries, {advisor.stats['misses']} uncached, {advisor.stats['fallbacks']} fallbacks)",
             flush=True,
         )
     elif args.eval_episodes > 0 and not interrupted:

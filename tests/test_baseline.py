@@ -12,31 +12,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import ppo_baseline as baseline  # noqa: E402
-
-TINY = ["--num-envs", "4", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "2"]
-
-
-def run_script(*flags, script="ppo_baseline.py", timeout=300):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, script), *flags], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-
-
-def scalars(run_path):
-    events = EventAccumulator(run_path, size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def only_run(run_dir):
-    runs = glob.glob(os.path.join(run_dir, "*"))
-    assert len(runs) == 1, runs
-    return runs[0]
+import ppo_baseline as baseline
+from conftest import ROOT, TINY, only_run, outside_repo, run_script, scalars
 
 
 # ---- observation preprocessing -------------------------------------------------------------------------------------
@@ -235,7 +213,7 @@ def test_ctrl_c_saves_a_checkpoint_and_keeps_the_logs(tmp_path):
     process = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "ppo_baseline.py"), "--total-timesteps", "10000000", "--log-every", "1",
          "--run-dir", str(tmp_path), *TINY],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=outside_repo(),
     )
     deadline = time.time() + 120
     for line in process.stdout:  # wait until training is under way

@@ -6,10 +6,9 @@ import subprocess
 import sys
 import time
 
-from test_baseline import ROOT
+from conftest import ROOT, outside_repo
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import benchmark  # noqa: E402
+import benchmark
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -18,7 +17,7 @@ def run_benchmark(out):
     command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--workers", "2",
                "--out", str(out), "--llm-cache-dir", str(out / "cache")]
     start = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=outside_repo())
     return result, time.time() - start
 
 
@@ -62,7 +61,7 @@ def test_tiny_preset_runs_plots_and_resumes(tmp_path):
     result["command"] = result["command"].replace("--total-timesteps 2048", "--total-timesteps 4096")
     path.write_text(json.dumps(result))
     dry = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny",
-                          "--out", str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+                          "--out", str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60, cwd=outside_repo())
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert f"skipping {len(runs) - 1} finished" in dry.stdout and "1 result(s) made with other flags" in dry.stdout
     assert f"[todo] {stale['key']}" in dry.stdout
@@ -76,7 +75,7 @@ def test_study_tiny_preset_writes_accuracy_plot_and_table(tmp_path):
                                                  "explore+noisy0.25"}
     command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "study-tiny", "--workers", "2",
                "--out", str(tmp_path), "--llm-cache-dir", str(tmp_path / "cache")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=outside_repo())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     for run in runs:
@@ -104,7 +103,7 @@ def test_bench_fps_prints_a_ratio_per_run_and_a_median_per_script():
     # A smoke test of the tool on a tiny budget: it checks what is printed, never how fast anything is.
     command = [sys.executable, os.path.join(ROOT, "tools", "bench_fps.py"), "--raw-steps", "300",
                "--total-timesteps", "512", "--repeats", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=outside_repo())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_rows = [line for line in result.stdout.splitlines() if line.startswith(("| 1 | ", "| 2 | "))]
     assert len(run_rows) == 2 and all("ppo_baseline.py" in row for row in run_rows)
@@ -120,7 +119,7 @@ def test_llm_base_url_reaches_every_llm_run_and_only_those(tmp_path):
         result = subprocess.run(
             [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--dry-run", "--out",
              str(tmp_path), "--launcher", launcher, "--llm-base-url", "http://127.0.0.1:9/v1"],
-            capture_output=True, text=True, timeout=60, cwd=ROOT)
+            capture_output=True, text=True, timeout=60, cwd=outside_repo())
         assert result.returncode == 0, result.stderr
         commands = [line for line in result.stdout.splitlines() if line.startswith("    python ")]
         assert commands and all(("--llm-base-url http://127.0.0.1:9/v1" in line) == ("ppo_llm_" in line)

@@ -16,12 +16,11 @@ import time
 
 import pytest
 
-from test_baseline import ROOT
+from conftest import ROOT, outside_repo
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark  # noqa: E402
-import slurm_cluster  # noqa: E402
+import benchmark
+import slurm_cluster
 
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")
 # What a run computes; the same command and seed must give the same numbers wherever it runs.
@@ -49,7 +48,7 @@ def benchmark_command(out, *flags):
 
 def call(command, env=None, timeout=300):
     start = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=outside_repo(), env=env)
     return result, time.time() - start
 
 
@@ -125,7 +124,7 @@ def test_ctrl_c_while_waiting_cancels_the_submitted_jobs(slurm, tmp_path):
     log = tmp_path / "runner.out"
     with open(log, "w") as f:
         runner = subprocess.Popen(benchmark_command(tmp_path, "--launcher", "slurm"), stdout=f,
-                                  stderr=subprocess.STDOUT, cwd=ROOT, env=slurm["env"])
+                                  stderr=subprocess.STDOUT, cwd=outside_repo(), env=slurm["env"])
     deadline = time.time() + 120
     while "RUNNING" not in subprocess.run(["squeue", "--noheader", "--format=%T"], capture_output=True, text=True,
                                           env=slurm["env"]).stdout and time.time() < deadline:

@@ -8,9 +8,9 @@ import pytest
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from minigrid.core.world_object import Ball, Door, Key
 
-from test_baseline import TINY, only_run, run_script, scalars
+from conftest import TINY, only_run, run_script, scalars
 
-import prompts  # noqa: E402  (test_baseline put the repository on sys.path)
+import prompts
 from prompts import DROP, FORWARD, LEFT, PICKUP, RIGHT, TOGGLE
 
 LLM_SCALARS = ["llm/bonus_coef", "llm/queries", "llm/cache_hit_rate", "llm/ms_per_query", "llm/bonus_per_episode",

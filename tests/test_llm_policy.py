@@ -1,12 +1,10 @@
 """ppo_llm_policy.py with every adviser, the real embedded model included (no fake LLM)."""
 
-import os
 import re
-import sys
 
 import pytest
 
-from test_baseline import ROOT, TINY, only_run, run_script, scalars
+from conftest import TINY, only_run, run_script, scalars
 
 LLM_SCALARS = ["llm/coef", "llm/queries", "llm/cache_hit_rate", "llm/ms_per_query", "llm/fallbacks",
                "llm/agree_with_policy", "llm/kl_policy_prior", "llm/logprob_replay_error"]
@@ -60,7 +58,12 @@ def test_the_llm_as_the_policy_prints_a_success_rate_and_reuses_its_cache(tmp_pa
     assert first.returncode == 0, first.stderr[-3000:]
     assert re.search(r"adviser 'llm' as the policy on BabyAI-GoToObj-v0: mean return [\d.]+, success rate [\d.]+",
                      first.stdout), first.stdout
-    assert os.listdir(tmp_path / "cache")  # the persistent cache was written
+    queries = re.search(r"\((\d+) queries, (\d+) uncached", first.stdout)
+    assert queries and int(queries[2]) > 0, first.stdout
+    # the same seed plays the same states: the second run finds every answer in the persistent cache
+    second = run_policy(*flags, cache_dir=tmp_path / "cache")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"({queries[1]} queries, 0 uncached" in second.stdout, second.stdout
 
 
 @pytest.mark.parametrize(
@@ -87,7 +90,6 @@ def test_the_entropy_bonus_is_the_actors_own_not_the_mixed_policys():
     import torch
     from torch.distributions.categorical import Categorical
 
-    sys.path.insert(0, ROOT)
     import ppo_llm_policy as policy
 
     torch.manual_seed(0)

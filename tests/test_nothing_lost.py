@@ -15,18 +15,17 @@ import time
 import pytest
 import torch
 
-from test_baseline import ROOT, TINY, only_run, run_script, scalars
+from conftest import ROOT, TINY, only_run, outside_repo, run_script, scalars
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import plot  # noqa: E402
-import prompts  # noqa: E402  (test_baseline put the repository on sys.path)
+import plot
+import prompts
 
 LLM_SCRIPTS = ["ppo_llm_policy.py", "ppo_llm_explore.py"]
 
 
 def start_script(*flags, script="ppo_baseline.py"):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=outside_repo())
 
 
 def finish(process, timeout=60):
@@ -71,7 +70,7 @@ def unprivileged(argv):
 
 def run_unprivileged(*flags, script="ppo_baseline.py", timeout=300):
     argv = unprivileged([sys.executable, os.path.join(ROOT, script), *flags])
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=outside_repo())
 
 
 def read_only(*paths):
@@ -224,7 +223,7 @@ def test_advice_eval_runs_twice_on_the_same_cache(tmp_path):
                "--num-states", "2", "--subgoal-states", "3", "--subgoal-env-ids", "BabyAI-KeyCorridorS3R1-v0",
                "--llm-n-threads", "2", "--llm-cache-dir", str(tmp_path)]
     for attempt in range(2):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=outside_repo())
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "| llm | " in result.stdout and "all cached" in result.stdout and "| llm, cyclic order" in result.stdout
 
@@ -241,11 +240,11 @@ def test_a_damaged_result_file_counts_as_not_run(tmp_path):
     (tmp_path / "runs" / key).mkdir(parents=True)
     (tmp_path / "runs" / key / "result.json").write_text('{"command": "python ppo_baseline.py --tot')  # half-written
     dry = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--out",
-                          str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+                          str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60, cwd=outside_repo())
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "unreadable" in dry.stderr and f"[todo] {key}" in dry.stdout and "Traceback" not in dry.stderr
     plotted = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot.py"), str(tmp_path)],
-                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+                             capture_output=True, text=True, timeout=120, cwd=outside_repo())
     assert plotted.returncode == 0 and "unreadable" in plotted.stderr, plotted.stderr[-3000:]
     assert "0 finished runs" in plotted.stdout
 
@@ -282,7 +281,7 @@ def test_bad_llm_flags_give_the_same_line_in_both_scripts(flags, message, broken
 # ---- 9. tools/benchmark.py: --workers 0, and a SIGINT while in the background ----------------------------------------
 def test_benchmark_refuses_zero_workers_and_stops_on_a_background_sigint(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--out", str(tmp_path)]
-    zero = subprocess.run(command + ["--workers", "0"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    zero = subprocess.run(command + ["--workers", "0"], capture_output=True, text=True, timeout=60, cwd=outside_repo())
     assert_one_error_line(zero, "--workers must be at least 1")
     # A folder left by an earlier attempt of a run is moved aside when the run starts again, never deleted.
     key = next(run["key"] for run in benchmark_runs() if "DoorKey-5x5__baseline" in run["key"])
@@ -290,7 +289,7 @@ def test_benchmark_refuses_zero_workers_and_stops_on_a_background_sigint(tmp_pat
     (tmp_path / "runs" / key / "agent.pt").write_bytes(b"an earlier attempt's checkpoint")
     # A shell starts a background job (`cmd &`) with SIGINT ignored; a scheduler's `kill -INT` must still stop it.
     process = subprocess.Popen(command + ["--workers", "1", "--only", "DoorKey-5x5__baseline"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               stderr=subprocess.PIPE, text=True, cwd=outside_repo(),
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert wait_for_line(process, "preset tiny").startswith("preset tiny")
     time.sleep(1.0)
@@ -356,7 +355,7 @@ def test_an_env_that_needs_a_missing_dependency_is_refused_up_front(tmp_path):
 def test_tools_give_one_line_for_bad_input(tool, flags, message, tmp_path):
     flags = [flag.format(tmp=tmp_path) for flag in flags]
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *flags], capture_output=True,
-                            text=True, timeout=120, cwd=ROOT)
+                            text=True, timeout=120, cwd=outside_repo())
     assert_one_error_line(result, message)
 
 

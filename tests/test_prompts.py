@@ -1,10 +1,8 @@
 """Tests for prompts.py: text rendering on hand-made grids, and the real SmolLM2 GGUF through llama.cpp."""
 
 import json
-import os
 import subprocess
 import sys
-import warnings
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid and BabyAI envs)
@@ -12,10 +10,9 @@ import numpy as np
 import pytest
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-import prompts  # noqa: E402
-from prompts import (  # noqa: E402
+import prompts
+from conftest import ROOT, outside_repo
+from prompts import (
     DONE, DROP, FORWARD, LEFT, PICKUP, RIGHT, TOGGLE, describe_observation, parse_action_reply,
 )
 
@@ -287,6 +284,7 @@ PERSIST_SCRIPT = """
 import json, sys
 sys.path.insert(0, {root!r})
 import prompts
+from conftest import ROOT, outside_repo
 advisor = prompts.LLMAdvisor(n_threads=1, cache_dir={cache!r}, actions=[0, 1, 2])
 advisor.action_probs({texts!r})
 print(json.dumps(advisor.stats))
@@ -296,8 +294,9 @@ print(json.dumps(advisor.stats))
 def test_disk_cache_survives_a_new_process(tmp_path):
     texts = ["Goal: go to the red ball. You see red ball two forward. You carry nothing.",
              "Goal: go to the red ball. You see red ball one left. You carry nothing."]
-    script = PERSIST_SCRIPT.format(root=REPO_ROOT, cache=str(tmp_path), texts=texts)
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    script = PERSIST_SCRIPT.format(root=ROOT, cache=str(tmp_path), texts=texts)
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                           cwd=outside_repo())
             for _ in range(2)]
     first, second = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
     assert first["misses"] == 2 and first["disk_hits"] == 0

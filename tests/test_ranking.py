@@ -1,15 +1,9 @@
 """Subgoal ranking (issue 19): accuracy against real BabyAI bot plans, the real embedded model, the noisy ranker."""
 
-import os
-import sys
-
 import numpy as np
 
-from test_baseline import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import advice_eval  # noqa: E402
-import prompts  # noqa: E402
+import advice_eval
+import prompts
 
 
 def test_ranking_table_from_real_bot_plans_and_the_real_model(tmp_path):

@@ -10,12 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from test_baseline import ROOT, TINY, only_run, run_script, scalars
+from conftest import ROOT, TINY, only_run, outside_repo, run_script, scalars
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import prompts  # noqa: E402
-from advice_eval import collect_states  # noqa: E402
-from bench_server import start_server, stop_server  # noqa: E402
+import prompts
+from advice_eval import collect_states
+from bench_server import start_server, stop_server
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +88,7 @@ def test_a_server_stopped_mid_run_gives_fallbacks_and_one_warning(tmp_path):
             [sys.executable, os.path.join(ROOT, "ppo_llm_policy.py"), "--llm-base-url", base_url, "--llm-timeout", "2",
              "--llm-anneal-frac", "1", "--total-timesteps", "1536", *TINY, "--log-every", "1", "--run-dir",
              str(tmp_path / "runs"), "--llm-cache-dir", "none"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=outside_repo(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first_line = run.stdout.readline()
         while first_line and not first_line.startswith("update 1/"):
             first_line = run.stdout.readline()
@@ -121,7 +120,7 @@ def test_the_benchmark_passes_the_server_to_its_llm_runs(server, tmp_path):
     command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--only", "policy+llm",
                "--workers", "1", "--out", str(tmp_path), "--llm-cache-dir", str(tmp_path / "cache"),
                "--llm-base-url", server]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=outside_repo())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (path,) = glob.glob(str(tmp_path / "runs" / "*policy+llm*" / "result.json"))
     with open(path) as f:
