@@ -284,7 +284,6 @@ PERSIST_SCRIPT = """
 import json, sys
 sys.path.insert(0, {root!r})
 import prompts
-from conftest import ROOT, outside_repo
 advisor = prompts.LLMAdvisor(n_threads=1, cache_dir={cache!r}, actions=[0, 1, 2])
 advisor.action_probs({texts!r})
 print(json.dumps(advisor.stats))
