@@ -186,8 +186,8 @@ class Agent(nn.Module):
         self.cell_encoder = nn.Linear(3 * 16, 8, bias=False)
         self.register_buffer("channel_offsets", torch.tensor([0, 16, 32]))
         # The CNN: a 2x2 convolution with stride 2 (non-overlapping patches) over the view padded to 8x8, i.e. the same
-        # 16 filters on each of the 4x4 patches, written as one linear layer on the reshaped grid. Two small nn.Conv2d
-        # layers learnt the benchmark levels about as fast and cost 15-20% of the training FPS (call overhead on CPU).
+        # 16 filters on each of the 4x4 patches, written as one linear layer on the reshaped grid: nn.Conv2d's per-call
+        # overhead dominates layers this small on CPU (README: benchmarks/fps).
         self.patch_conv = layer_init(nn.Linear(2 * 2 * 8, 16))
         # The mission as a bag of words: the levels benchmarked here are told apart by which words appear ("go to the
         # red ball"). Order-sensitive missions ("put A next to B") would need a GRU, at several times the cost.
@@ -616,8 +616,8 @@ if __name__ == "__main__":
 
                     mb_advantages = b_advantages[mb_inds]
                     # A rollout without a single reward has advantages made of value-function noise only. Scaled to
-                    # unit size, that noise drifts the policy until it may never find the reward (DoorKey-5x5: 2 of 3
-                    # seeds stuck at return 0 for 60k frames); left unscaled, it barely moves the policy.
+                    # unit size, that noise drifts the policy until it may never find the reward (README:
+                    # benchmarks/agent); left unscaled, it barely moves the policy.
                     if args.norm_adv and rollout_had_reward:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 

@@ -110,16 +110,14 @@ class Args:
     advice_calibrated: bool = False
     """noisy-expert only: put --advice-accuracy (not a fixed 0.8, like an over-confident LLM) on the advised action"""
     llm_coef: float = 0.5
-    """weight of log p_LLM(a|s) in the acting policy's logits at the start of training. At 1.0 a confident but wrong
-    adviser (--advisor random, DoorKey-5x5) left the actor unable to learn in 2 of 3 seeds; at 0.5 all 4 seeds
-    learnt, and the expert's advice still halved the frames needed on GoToObj"""
+    """weight of log p_LLM(a|s) in the acting policy's logits at the start of training (too high, and a confident but
+    wrong adviser can leave the actor unable to learn)"""
     llm_anneal_frac: float = 0.25
     """fraction of training over which the LLM weight (and the distillation weight) falls linearly to 0; a bad adviser
-    wastes this part of the budget (DoorKey-5x5, SmolLM2: at 0.5, 2 of 3 seeds never recovered; at 0.25, none failed)"""
+    wastes this part of the budget"""
     distill_coef: float = 0.0
-    """weight of a KL(p_LLM || actor) loss that pulls the actor itself toward the advice (annealed the same way). Keep
-    it at 0.1 or less unless the adviser is nearly always right: at 1.0 an 80%-accurate adviser left 1 actor of 3 at
-    return 0.37 on GoToObj, a 40%-accurate one all 3 at 0.34-0.69 (baseline 0.92); at 0.1 or 0 it did no harm"""
+    """weight of a KL(p_LLM || actor) loss that pulls the actor itself toward the advice (annealed the same way); keep
+    it small unless the adviser is nearly always right: distilled wrong advice can ruin the actor"""
     llm_query_every: int = 1
     """ask the adviser every K steps; between, states use cached advice if any, else no advice (uniform)"""
     llm_max_queries: int = 0
@@ -267,8 +265,8 @@ class Agent(nn.Module):
         self.cell_encoder = nn.Linear(3 * 16, 8, bias=False)
         self.register_buffer("channel_offsets", torch.tensor([0, 16, 32]))
         # The CNN: a 2x2 convolution with stride 2 (non-overlapping patches) over the view padded to 8x8, i.e. the same
-        # 16 filters on each of the 4x4 patches, written as one linear layer on the reshaped grid. Two small nn.Conv2d
-        # layers learnt the benchmark levels about as fast and cost 15-20% of the training FPS (call overhead on CPU).
+        # 16 filters on each of the 4x4 patches, written as one linear layer on the reshaped grid: nn.Conv2d's per-call
+        # overhead dominates layers this small on CPU (README: benchmarks/fps).
         self.patch_conv = layer_init(nn.Linear(2 * 2 * 8, 16))
         # The mission as a bag of words: the levels benchmarked here are told apart by which words appear ("go to the
         # red ball"). Order-sensitive missions ("put A next to B") would need a GRU, at several times the cost.
@@ -782,8 +780,8 @@ if __name__ == "__main__":
 
                     mb_advantages = b_advantages[mb_inds]
                     # A rollout without a single reward has advantages made of value-function noise only. Scaled to
-                    # unit size, that noise drifts the policy until it may never find the reward (DoorKey-5x5: 2 of 3
-                    # seeds stuck at return 0 for 60k frames); left unscaled, it barely moves the policy.
+                    # unit size, that noise drifts the policy until it may never find the reward (README:
+                    # benchmarks/agent); left unscaled, it barely moves the policy.
                     if args.norm_adv and rollout_had_reward:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
