@@ -207,35 +207,6 @@ class FlatObservation(gym.ObservationWrapper):
         return flatten_observation(obs, self.mission_cache)
 
 
-def decode_mission(word_ids):
-    return " ".join(MISSION_WORDS[i - 2] if i > UNKNOWN_ID else "?" for i in word_ids if i != PAD_ID)
-
-
-def observation_texts(obs, text_cache):
-    """Flat observations -> the text the LLM reads (cached by the observation's bytes: states repeat a lot)."""
-    texts = []
-    for row in np.asarray(obs):
-        key = row.tobytes()
-        if key not in text_cache:
-            image, direction = row[:VIEW_CELLS].reshape(7, 7, 3), int(row[VIEW_CELLS])
-            text_cache[key] = prompts.describe_observation(image, direction, decode_mission(row[VIEW_CELLS + 1 :]))
-        texts.append(text_cache[key])
-    return texts
-
-
-def candidate_texts(obs, candidate_cache, actions):
-    """Flat observations -> the texts of the subgoals achievable from each (cached by the observation's bytes)."""
-    candidates = []
-    for row in np.asarray(obs):
-        key = row.tobytes()
-        if key not in candidate_cache:
-            image, direction = row[:VIEW_CELLS].reshape(7, 7, 3), int(row[VIEW_CELLS])
-            subgoals = prompts.candidate_subgoals(image, direction, decode_mission(row[VIEW_CELLS + 1 :]), actions)
-            candidate_cache[key] = tuple(subgoal.text for subgoal in subgoals)
-        candidates.append(candidate_cache[key])
-    return candidates
-
-
 def make_env(env_id, render=False, expert=False, track=False):
     def thunk():
         env = gym.make(env_id, render_mode="rgb_array" if render else None)
@@ -488,18 +459,12 @@ def check_args(args):
         fail("--eval-every N needs --eval-episodes M (and N must be 0 or more)")
     if args.capture_video and args.eval_episodes == 0:
         fail("--capture-video records evaluation episodes: add --eval-episodes N")
-    if args.advisor not in prompts.ADVISOR_NAMES:
-        fail(f"unknown --advisor '{args.advisor}': choose one of {', '.join(prompts.ADVISOR_NAMES)}")
-    if args.advisor in ("expert", "noisy-expert") and not args.env_id.startswith("BabyAI-"):
-        fail(f"--advisor {args.advisor} needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})")
-    if not 0 <= args.advice_accuracy <= 1:
-        fail(f"--advice-accuracy must be in [0, 1], got {args.advice_accuracy}")
+    if (message := prompts.llm_flag_error(args)):
+        fail(message)
     if args.bonus_mode not in ("prob", "topk", "action"):
         fail(f"--bonus-mode must be prob, topk or action, got '{args.bonus_mode}'")
     if args.bonus_coef < 0 or not 0 < args.bonus_anneal_frac <= 1 or args.bonus_top_k < 1:
         fail("--bonus-coef must be 0 or more, --bonus-anneal-frac in (0, 1] and --bonus-top-k at least 1")
-    if (message := prompts.llm_flag_error(args)):
-        fail(message)
     run_parent = os.path.dirname(os.path.abspath(checkpoint_file(args.resume))) if args.resume else args.run_dir
     if (message := writable_folder_error(run_parent, "--resume" if args.resume else "--run-dir")):
         fail(message)
@@ -679,12 +644,12 @@ if __name__ == "__main__":
                 advice = np.full((args.num_envs, envs.single_action_space.n), 1.0 / envs.single_action_space.n)
                 if bonus_coef > 0:
                     llm_start = time.perf_counter()
-                    texts = observation_texts(next_obs.cpu().numpy(), text_cache)
+                    texts = prompts.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
                     if args.bonus_mode == "action":
                         advice = advisor.action_probs(texts, prompts.expert_actions_from_infos(infos, args.num_envs))
                         advice = prompts.env_probs(advice, envs.single_action_space.n)
                     else:
-                        candidates = candidate_texts(next_obs.cpu().numpy(), candidate_cache, actions_allowed)
+                        candidates = prompts.candidate_texts(next_obs.cpu().numpy(), candidate_cache, MISSION_WORDS, actions_allowed)
                         plans = prompts.expert_plans_from_infos(infos, args.num_envs)
                         for i in range(args.num_envs):
                             if not set(candidates[i]) <= bonus_of[i].keys() or plans[i] != ranked_plans[i]:
@@ -836,18 +801,9 @@ if __name__ == "__main__":
             writer.add_scalar("charts/SPS", sps, global_step)
             if recent_returns:
                 writer.add_scalar("charts/rolling_return", np.mean(recent_returns), global_step)
-            llm_queries = advisor.stats["queries"] - queries_before
-            llm_misses = advisor.stats["misses"] - misses_before
+            llm_queries, llm_misses = prompts.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
+                                                                global_step, args.llm_usd_per_mtok)
             writer.add_scalar("llm/bonus_coef", bonus_coef, global_step)
-            writer.add_scalar("llm/queries", llm_queries, global_step)
-            writer.add_scalar("llm/uncached_queries", llm_misses, global_step)
-            writer.add_scalar("llm/cache_hit_rate", 1 - llm_misses / llm_queries if llm_queries else 0.0, global_step)
-            writer.add_scalar("llm/ms_per_query", 1000 * llm_seconds / max(llm_queries, 1), global_step)
-            writer.add_scalar("llm/fallbacks", advisor.stats["fallbacks"], global_step)
-            for name in ["requests", "retries", "prompt_tokens", "completion_tokens"]:  # a served LLM's usage, cumulative
-                writer.add_scalar(f"llm/{name}", advisor.stats[name], global_step)
-            if args.llm_usd_per_mtok > 0:
-                writer.add_scalar("llm/usd", prompts.usage_cost(advisor.stats, args.llm_usd_per_mtok), global_step)
             if bonus_per_episode:  # intrinsic return and new subgoals per episode finished in this update
                 writer.add_scalar("llm/bonus_per_episode", np.mean(bonus_per_episode), global_step)
                 writer.add_scalar("llm/subgoals_achieved", np.mean(subgoals_per_episode), global_step)
@@ -878,15 +834,7 @@ if __name__ == "__main__":
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
 
     if train:
-        stats = advisor.stats
-        print(
-            f"LLM adviser '{args.advisor}': {stats['queries']} queries, {stats['misses']} uncached "
-            f"(cache hit rate {1 - stats['misses'] / max(stats['queries'], 1):.3f}), "
-            f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks"
-            + (f", agreed with the expert {stats['agreed'] / max(stats['queries'], 1):.3f}" if "agreed" in stats else "")
-            + prompts.usage_summary(stats, args.llm_usd_per_mtok),
-            flush=True,
-        )
+        print(prompts.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
     checkpoint_path = os.path.join(run_path, "agent.pt")
     if train and (args.save_model or interrupted):  # before the final evaluation, which may be cut short
         save_checkpoint(checkpoint_path, agent, optimizer, args, global_step, iterations_done)

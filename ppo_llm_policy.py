@@ -214,22 +214,6 @@ class FlatObservation(gym.ObservationWrapper):
         return flatten_observation(obs, self.mission_cache)
 
 
-def decode_mission(word_ids):
-    return " ".join(MISSION_WORDS[i - 2] if i > UNKNOWN_ID else "?" for i in word_ids if i != PAD_ID)
-
-
-def observation_texts(obs, text_cache):
-    """Flat observations -> the text the LLM reads (cached by the observation's bytes: states repeat a lot)."""
-    texts = []
-    for row in np.asarray(obs):
-        key = row.tobytes()
-        if key not in text_cache:
-            image, direction = row[:VIEW_CELLS].reshape(7, 7, 3), int(row[VIEW_CELLS])
-            text_cache[key] = prompts.describe_observation(image, direction, decode_mission(row[VIEW_CELLS + 1 :]))
-        texts.append(text_cache[key])
-    return texts
-
-
 def make_env(env_id, render=False, expert=False):
     def thunk():
         env = gym.make(env_id, render_mode="rgb_array" if render else None)
@@ -359,7 +343,7 @@ def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, vide
             gif_frames.append(envs.unwrapped.envs[0].render())
         if advisor is not None:
             expert_actions = prompts.expert_actions_from_infos(infos, num_envs)
-            probs = advisor.action_probs(observation_texts(obs, text_cache), expert_actions)
+            probs = advisor.action_probs(prompts.observation_texts(obs, text_cache, MISSION_WORDS), expert_actions)
             logits = torch.as_tensor(np.log(prompts.env_probs(probs, envs.single_action_space.n)))
         else:
             with torch.no_grad():  # the actor carries its memory from step to step, like in training
@@ -494,20 +478,14 @@ def check_args(args):
         fail("--eval-every N needs --eval-episodes M (and N must be 0 or more)")
     if args.capture_video and args.eval_episodes == 0:
         fail("--capture-video records evaluation episodes: add --eval-episodes N")
-    if args.advisor not in prompts.ADVISOR_NAMES:
-        fail(f"unknown --advisor '{args.advisor}': choose one of {', '.join(prompts.ADVISOR_NAMES)}")
-    if args.advisor in ("expert", "noisy-expert") and not args.env_id.startswith("BabyAI-"):
-        fail(f"--advisor {args.advisor} needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})")
-    if not 0 <= args.advice_accuracy <= 1:
-        fail(f"--advice-accuracy must be in [0, 1], got {args.advice_accuracy}")
+    if (message := prompts.llm_flag_error(args)):
+        fail(message)
     if args.llm_coef < 0 or args.distill_coef < 0 or not 0 < args.llm_anneal_frac <= 1:
         fail("--llm-coef and --distill-coef must be 0 or more, and --llm-anneal-frac in (0, 1]")
     if args.llm_query_every < 1 or args.llm_max_queries < 0:
         fail("--llm-query-every must be at least 1 and --llm-max-queries 0 (no limit) or more")
     if args.llm_only and args.eval_episodes == 0:
         fail("--llm-only plays the adviser as the policy: add --eval-episodes N")
-    if (message := prompts.llm_flag_error(args)):
-        fail(message)
     run_parent = os.path.dirname(os.path.abspath(checkpoint_file(args.resume))) if args.resume else args.run_dir
     if (message := writable_folder_error(run_parent, "--resume" if args.resume else "--run-dir")):
         fail(message)
@@ -686,7 +664,7 @@ if __name__ == "__main__":
                 advice = np.tile(no_advice, (args.num_envs, 1))
                 if llm_coef > 0 or args.distill_coef * llm_frac > 0:
                     llm_start = time.perf_counter()
-                    texts = observation_texts(next_obs.cpu().numpy(), text_cache)
+                    texts = prompts.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
                     expert_actions = prompts.expert_actions_from_infos(infos, args.num_envs)
                     over_budget = 0 < args.llm_max_queries <= advisor.stats["misses"] - misses_before
                     cached_only = step % args.llm_query_every != 0 or over_budget
@@ -834,19 +812,9 @@ if __name__ == "__main__":
             writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
-            llm_queries = advisor.stats["queries"] - queries_before
-            llm_misses = advisor.stats["misses"] - misses_before
+            llm_queries, llm_misses = prompts.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
+                                                                global_step, args.llm_usd_per_mtok)
             writer.add_scalar("llm/coef", llm_coef, global_step)
-            writer.add_scalar("llm/queries", llm_queries, global_step)
-            writer.add_scalar("llm/uncached_queries", llm_misses, global_step)
-            writer.add_scalar("llm/cache_hit_rate", 1 - llm_misses / llm_queries if llm_queries else 0.0, global_step)
-            writer.add_scalar("llm/ms_per_query", 1000 * llm_seconds / max(llm_queries, 1), global_step)
-            writer.add_scalar("llm/ms_per_update", 1000 * llm_seconds, global_step)
-            writer.add_scalar("llm/fallbacks", advisor.stats["fallbacks"], global_step)
-            for name in ["requests", "retries", "prompt_tokens", "completion_tokens"]:  # a served LLM's usage, cumulative
-                writer.add_scalar(f"llm/{name}", advisor.stats[name], global_step)
-            if args.llm_usd_per_mtok > 0:
-                writer.add_scalar("llm/usd", prompts.usage_cost(advisor.stats, args.llm_usd_per_mtok), global_step)
             writer.add_scalar("llm/agree_with_policy", np.mean(agree_with_policy), global_step)
             writer.add_scalar("llm/kl_policy_prior", kl_policy_prior.item(), global_step)
             writer.add_scalar("llm/logprob_replay_error", logprob_replay_error, global_step)
@@ -878,15 +846,7 @@ if __name__ == "__main__":
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
 
     if train:
-        stats = advisor.stats
-        print(
-            f"LLM adviser '{args.advisor}': {stats['queries']} queries, {stats['misses']} uncached "
-            f"(cache hit rate {1 - stats['misses'] / max(stats['queries'], 1):.3f}), "
-            f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks"
-            + (f", agreed with the expert {stats['agreed'] / max(stats['queries'], 1):.3f}" if "agreed" in stats else "")
-            + prompts.usage_summary(stats, args.llm_usd_per_mtok),
-            flush=True,
-        )
+        print(prompts.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
     checkpoint_path = os.path.join(run_path, "agent.pt")
     if train and (args.save_model or interrupted):  # before the final evaluation, which may be cut short
         save_checkpoint(checkpoint_path, agent, optimizer, args, global_step, iterations_done)

@@ -139,10 +139,23 @@ def describe_observation(image: np.ndarray, direction: int, mission: str) -> str
     return f"Goal: {mission}. {seen_text}{wall_text} {carry_text}"
 
 
-def observation_texts(obs: dict) -> list[str]:
-    """Texts for a batch of vector-env observations (obs["image"] is (N, 7, 7, 3))."""
-    return [describe_observation(image, direction, mission)
-            for image, direction, mission in zip(obs["image"], obs["direction"], obs["mission"])]
+def split_flat_observation(row, mission_words):
+    """One row of the scripts' flat observation (the 7x7x3 view, the direction, the mission's word ids: 0 pads, 1 is
+    an unknown word, i >= 2 is mission_words[i - 2]) -> (image, direction, mission text)."""
+    image, direction = row[: 7 * 7 * 3].reshape(7, 7, 3), int(row[7 * 7 * 3])
+    mission = " ".join(mission_words[i - 2] if i > 1 else "?" for i in row[7 * 7 * 3 + 1 :] if i != 0)
+    return image, direction, mission
+
+
+def observation_texts(obs, text_cache: dict, mission_words) -> list[str]:
+    """The scripts' flat observations -> the texts the LLM reads (cached by the observation's bytes: states repeat)."""
+    texts = []
+    for row in np.asarray(obs):
+        key = row.tobytes()
+        if key not in text_cache:
+            text_cache[key] = describe_observation(*split_flat_observation(row, mission_words))
+        texts.append(text_cache[key])
+    return texts
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -378,6 +391,14 @@ MIN_N_CTX, MAX_N_CTX = 256, 1 << 20  # below: no room for the instructions and a
 def llm_flag_error(args) -> str | None:
     """The first problem with the LLM flags of `args` (ppo_llm_policy.py, ppo_llm_explore.py, tools/advice_eval.py) as
     one line naming the flag, or None. Cheap: checked before any work, without loading the model's weights."""
+    advisor = getattr(args, "advisor", None)
+    if advisor is not None and advisor not in ADVISOR_NAMES:
+        return f"unknown --advisor '{advisor}': choose one of {', '.join(ADVISOR_NAMES)}"
+    if advisor in ("expert", "noisy-expert") and not args.env_id.startswith("BabyAI-"):
+        return f"--advisor {advisor} needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})"
+    accuracy = getattr(args, "advice_accuracy", None)
+    if accuracy is not None and not 0 <= accuracy <= 1:
+        return f"--advice-accuracy must be in [0, 1], got {accuracy}"
     temperature = getattr(args, "llm_temperature", None)
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         return f"--llm-temperature must be a positive number, got {temperature}"
@@ -1358,6 +1379,32 @@ def served_llm_error(args) -> str | None:
     return None
 
 
+def write_llm_scalars(writer, stats: dict, queries_before: int, misses_before: int, llm_seconds: float, global_step: int,
+                      usd_per_mtok: float = 0.0) -> tuple[int, int]:
+    """The llm/* scalars both LLM scripts log after each update; returns the update's (queries, uncached queries)."""
+    queries, misses = stats["queries"] - queries_before, stats["misses"] - misses_before
+    writer.add_scalar("llm/queries", queries, global_step)
+    writer.add_scalar("llm/uncached_queries", misses, global_step)
+    writer.add_scalar("llm/cache_hit_rate", 1 - misses / queries if queries else 0.0, global_step)
+    writer.add_scalar("llm/ms_per_query", 1000 * llm_seconds / max(queries, 1), global_step)
+    writer.add_scalar("llm/ms_per_update", 1000 * llm_seconds, global_step)
+    writer.add_scalar("llm/fallbacks", stats["fallbacks"], global_step)
+    for name in ["requests", "retries", "prompt_tokens", "completion_tokens"]:  # a served LLM's usage, cumulative
+        writer.add_scalar(f"llm/{name}", stats[name], global_step)
+    if usd_per_mtok > 0:
+        writer.add_scalar("llm/usd", usage_cost(stats, usd_per_mtok), global_step)
+    return queries, misses
+
+
+def adviser_summary(name: str, stats: dict, usd_per_mtok: float = 0.0) -> str:
+    """The end-of-run line on the adviser: queries, cache hits, speed, fallbacks, agreement, a served LLM's usage."""
+    return (f"LLM adviser '{name}': {stats['queries']} queries, {stats['misses']} uncached "
+            f"(cache hit rate {1 - stats['misses'] / max(stats['queries'], 1):.3f}), "
+            f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks"
+            + (f", agreed with the expert {stats['agreed'] / max(stats['queries'], 1):.3f}" if "agreed" in stats else "")
+            + usage_summary(stats, usd_per_mtok))
+
+
 def usage_cost(stats: dict, usd_per_mtok: float) -> float:
     return (stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)) * usd_per_mtok / 1e6
 
@@ -1696,6 +1743,18 @@ def candidate_subgoals(image: np.ndarray, direction: int, mission: str,
         found[Subgoal("drop", carried_type, carried_color)] = (not mentioned_in(mission, carried_type, carried_color), 0)
     kept = sorted(found, key=lambda s: (found[s], SUBGOAL_KINDS.index(s.kind), s.text))[:MAX_SUBGOALS]
     return sorted(kept, key=lambda s: (found[s][1], SUBGOAL_KINDS.index(s.kind), s.text))
+
+
+def candidate_texts(obs, candidate_cache: dict, mission_words, actions: list[int] | None = None) -> list[tuple[str, ...]]:
+    """The scripts' flat observations -> the texts of the subgoals achievable from each (cached by the bytes)."""
+    candidates = []
+    for row in np.asarray(obs):
+        key = row.tobytes()
+        if key not in candidate_cache:
+            subgoals = candidate_subgoals(*split_flat_observation(row, mission_words), actions)
+            candidate_cache[key] = tuple(subgoal.text for subgoal in subgoals)
+        candidates.append(candidate_cache[key])
+    return candidates
 
 
 # --- achievements, from the env's state before and after a step ---
