@@ -301,6 +301,25 @@ def chat_template_kwargs(llm, model_path: str) -> dict:
                 model_name=llm.metadata.get("general.name", "") + " " + os.path.basename(model_path))
 
 
+# --- the subgoal-ranking prompt (ppo_llm_explore.py): the same chat format, numbered candidates ---
+SUBGOAL_INSTRUCTIONS = ("Pick the subgoal that helps most to reach the goal, or to explore usefully. "
+                        "Answer with its number.\n\n")
+SUBGOAL_LEAD_IN = "Subgoal:"
+
+
+def subgoal_query(obs_text: str, candidate_texts: list[str]) -> str:
+    """The user message's variable part: 'Goal: ... You carry nothing.\\nSubgoals: 1 = ..., 2 = ....'"""
+    listing = ", ".join(f"{number} = {text}" for number, text in enumerate(candidate_texts, 1))
+    return f"{obs_text}\nSubgoals: {listing}."
+
+
+def check_candidates(candidate_texts) -> list[str]:
+    candidate_texts = [str(text) for text in candidate_texts]
+    if len(candidate_texts) > 9 or len(set(candidate_texts)) != len(candidate_texts):
+        raise ValueError(f"expected at most 9 distinct candidate subgoals, got {candidate_texts}")
+    return candidate_texts
+
+
 def subgoal_prompt(**template_kwargs) -> tuple[str, str, str]:
     """(prefix, suffix, lead-in) of the subgoal-ranking prompt: prefix + query + suffix + lead-in."""
     rendered = render_chat(SYSTEM_PROMPT, SUBGOAL_INSTRUCTIONS + SENTINEL, **template_kwargs)
@@ -638,10 +657,7 @@ class LLMAdvisor:
 
         # Prompt pieces, from the model's own chat template when it has one.
         self.template_kwargs = chat_template_kwargs(self.llm, self.model_path)
-        self.prefix, self.suffix = split_prompt(self.actions, **self.template_kwargs)
-        self.lead_in = SCORE_LEAD_IN if mode == "score" else GENERATE_LEAD_IN
-        if self.suffix and not self.suffix[-1].isspace() and self.lead_in:
-            self.lead_in = " " + self.lead_in  # e.g. Llama-2's "[/INST] Action:"
+        self._setup_prompts()
         # Prefix tokens = what every prompt's tokenization starts with. Tokenizing the prefix alone can
         # merge differently at its end (SmolLM2: "\n\n" alone is one token, before "Goal" it is two),
         # so keep only the part shared with whole prompts, which are always tokenized in one piece.
@@ -649,6 +665,10 @@ class LLMAdvisor:
         for example in ("Goal: a. You see nothing.", "You carry a key."):
             self.prefix_tokens = common_prefix(self.prefix_tokens, self.tokenize_prompt(example))
         self.answer_tokens = self._answer_tokens()
+        # Subgoal ranking scores the log-likelihood of each candidate's number after "Subgoal:"; tokens the numbers
+        # share (e.g. SmolLM2's " " before a digit) become part of the prompt.
+        self.number_tokens = [self._tokens_after(self.subgoal_lead_in, str(number)) for number in range(1, 10)]
+        self.shared_number_tokens = common_prefix(self.number_tokens[0], self.number_tokens[-1])
         self.n_prefix_tokens = len(self.prefix_tokens)
         if self.n_prefix_tokens + 64 > self.n_ctx:
             self.llm.close()
@@ -659,7 +679,14 @@ class LLMAdvisor:
 
         self._setup_caches(model_identity(self.model_path), cache_dir, memory_cache_size)
         self.stats["prefix_tokens"] = self.n_prefix_tokens
-        self._setup_subgoal_prompt()
+
+    def _setup_prompts(self):
+        """The prompt pieces of actions and subgoals, from self.template_kwargs (the in-process and served adviser)."""
+        self.prefix, self.suffix = split_prompt(self.actions, **self.template_kwargs)
+        self.lead_in = SCORE_LEAD_IN if self.mode == "score" else GENERATE_LEAD_IN
+        if self.suffix and not self.suffix[-1].isspace() and self.lead_in:
+            self.lead_in = " " + self.lead_in  # e.g. Llama-2's "[/INST] Action:"
+        self.subgoal_prefix, self.subgoal_suffix, self.subgoal_lead_in = subgoal_prompt(**self.template_kwargs)
 
     def _setup_caches(self, identity: str, cache_dir: str | None, memory_cache_size: int):
         """Caches and counters. Memory: keyed by observation text (model, prompt and mode are fixed per adviser).
@@ -667,6 +694,8 @@ class LLMAdvisor:
         self.identity = identity
         self.static_key = "\n".join([self.identity, self.mode, self.prefix, self.suffix, self.lead_in,
                                      str(self.actions), str(MAX_REPLY_TOKENS)])
+        self.subgoal_key = "\n".join(["subgoals-v1", self.identity, self.subgoal_prefix, self.subgoal_suffix,
+                                      self.subgoal_lead_in])
         self.memory_cache = collections.OrderedDict()
         self.memory_cache_size = memory_cache_size
         self.disk_cache = None
@@ -679,22 +708,18 @@ class LLMAdvisor:
         self.uncached_seconds = 0.0
         self.full_prompt_tokens = 0
 
-    def _answer_tokens(self) -> dict[int, list[int]]:
-        """Token ids of each allowed answer word as it follows the lead-in (' forward' after 'Action:')."""
-        lead_in = self.lead_in or SCORE_LEAD_IN
+    def _tokens_after(self, lead_in: str, word: str) -> list[int]:
+        """Token ids of " word" as it follows `lead_in` (' forward' after 'Action:', ' 2' after 'Subgoal:')."""
         lead_in_tokens = self.llm.tokenize(lead_in.encode(), add_bos=False, special=False)
-        answer_tokens = {}
-        for action in self.actions:
-            tokens = self.llm.tokenize(f"{lead_in} {ACTION_WORDS[action]}".encode(), add_bos=False, special=False)
-            if tokens[:len(lead_in_tokens)] == lead_in_tokens:
-                tokens = tokens[len(lead_in_tokens):]
-            else:  # the tokenizer merged across the boundary: tokenize the word alone
-                tokens = self.llm.tokenize(f" {ACTION_WORDS[action]}".encode(), add_bos=False, special=False)
-            answer_tokens[action] = tokens
-        first_tokens = [tokens[0] for tokens in answer_tokens.values()]
-        # Fast path (SmolLM2, Llama-2): each word is one distinct token, one forward pass scores them all.
-        self.single_token_answers = (all(len(t) == 1 for t in answer_tokens.values())
-                                     and len(set(first_tokens)) == len(first_tokens))
+        tokens = self.llm.tokenize(f"{lead_in} {word}".encode(), add_bos=False, special=False)
+        if tokens[:len(lead_in_tokens)] == lead_in_tokens:
+            return tokens[len(lead_in_tokens):]
+        return self.llm.tokenize(f" {word}".encode(), add_bos=False, special=False)  # merged across the boundary
+
+    def _answer_tokens(self) -> dict[int, list[int]]:
+        """Token ids of each allowed answer word as it follows the lead-in."""
+        answer_tokens = {action: self._tokens_after(self.lead_in or SCORE_LEAD_IN, ACTION_WORDS[action])
+                         for action in self.actions}
         return answer_tokens
 
     # --- llama.cpp calls ---
@@ -732,17 +757,23 @@ class LLMAdvisor:
         self.stats["tokens_evaluated"] += len(tokens)
         return self._last_log_probs()
 
+    def _log_likelihoods(self, prompt_tokens: list[int], words_tokens: list[list[int]], shared: int = 0) -> list[float]:
+        """Log-likelihood of each word (its tokens) after the prompt, whose last `shared` tokens are the words' common
+        first ones: one forward pass, plus one step per later token of a multi-token word."""
+        log_probs = self._eval_prompt(prompt_tokens)
+        scores = [float(log_probs[tokens[shared]]) for tokens in words_tokens]
+        for i, tokens in enumerate(words_tokens):
+            for position in range(shared + 1, len(tokens)):
+                self.llm.n_tokens = len(prompt_tokens) + position - shared - 1
+                scores[i] += float(self._continue([tokens[position - 1]])[tokens[position]])
+        return scores
+
     def _score(self, prompt_tokens: list[int]) -> list[float]:
         """Raw per-action log-probs (-inf outside the allowed actions)."""
-        log_probs = self._eval_prompt(prompt_tokens)
         raw_scores = [-np.inf] * NUM_ACTIONS
-        for action, tokens in self.answer_tokens.items():
-            raw_scores[action] = float(log_probs[tokens[0]])
-        if not self.single_token_answers:  # sum the log-probs of the word's later tokens too
-            for action, tokens in self.answer_tokens.items():
-                for position in range(1, len(tokens)):
-                    self.llm.n_tokens = len(prompt_tokens) + position - 1
-                    raw_scores[action] += float(self._continue([tokens[position - 1]])[tokens[position]])
+        scores = self._log_likelihoods(prompt_tokens, list(self.answer_tokens.values()))
+        for action, score in zip(self.answer_tokens, scores):
+            raw_scores[action] = score
         return raw_scores
 
     def _generate(self, prompt_tokens: list[int]) -> str:
@@ -805,17 +836,28 @@ class LLMAdvisor:
             self.disk_cache = None
             return None
 
-    def _cached(self, obs_text: str):
+    def _subgoal_disk_key(self, query: str) -> str:
+        return hashlib.sha256(f"{self.subgoal_key}\n{query}".encode()).hexdigest()
+
+    def _cached(self, memory_key: str, disk_key: str):
         """The raw answer from the memory or the disk cache (counted as a hit), else None."""
-        if obs_text in self.memory_cache:
-            self.memory_cache.move_to_end(obs_text)
+        if memory_key in self.memory_cache:
+            self.memory_cache.move_to_end(memory_key)
             self.stats["memory_hits"] += 1
-            return self.memory_cache[obs_text]
-        raw = self._disk_call("get", self._disk_key(obs_text)) if self.disk_cache is not None else None
+            return self.memory_cache[memory_key]
+        raw = self._disk_call("get", disk_key) if self.disk_cache is not None else None
         if raw is not None:
             self.stats["disk_hits"] += 1
-            self._remember(obs_text, raw)
+            self._remember(memory_key, raw)
         return raw
+
+    def _store(self, memory_key: str, disk_key: str, raw):
+        """An uncached answer, counted as a miss; a failed query (None) is not stored, so it is asked again."""
+        self.stats["misses"] += 1
+        if raw is not None:
+            self._remember(memory_key, raw)
+            if self.disk_cache is not None:
+                self._disk_call("set", disk_key, raw)
 
     def _remember(self, key: str, raw):
         self.memory_cache[key] = raw
@@ -840,7 +882,7 @@ class LLMAdvisor:
             if obs_text in answers or obs_text in uncached:  # repeated in this batch: a memory hit, as before
                 self.stats["memory_hits"] += 1
                 continue
-            answers[obs_text] = self._cached(obs_text)
+            answers[obs_text] = self._cached(obs_text, self._disk_key(obs_text))
             if answers[obs_text] is None:
                 self.stats["skipped"] += int(cached_only)
                 uncached += [] if cached_only else [obs_text]
@@ -848,12 +890,8 @@ class LLMAdvisor:
         computed = self._answer_all(uncached) if uncached else []
         self.uncached_seconds += time.perf_counter() - start
         for obs_text, raw in zip(uncached, computed):
-            self.stats["misses"] += 1
             answers[obs_text] = raw
-            if raw is not None:  # a failed query is asked again next time
-                self._remember(obs_text, raw)
-                if self.disk_cache is not None:
-                    self._disk_call("set", self._disk_key(obs_text), raw)
+            self._store(obs_text, self._disk_key(obs_text), raw)
         return answers
 
     def raw_answer(self, obs_text: str, cached_only: bool = False):
@@ -889,57 +927,23 @@ class LLMAdvisor:
         stats["tokens_per_uncached_query"] = stats["tokens_evaluated"] / max(stats["misses"], 1)
         stats["prompt_tokens_per_query"] = self.full_prompt_tokens / max(stats["misses"], 1)
 
-    def _setup_subgoal_prompt(self):
-        """Prompt pieces for subgoal ranking (ppo_llm_explore.py). subgoal_probs() makes one forward pass over
-        "instructions + observation + numbered candidates + 'Subgoal:'", reusing the KV cache like _score; each
-        candidate scores the log-likelihood of its number (tokens the numbers share, e.g. SmolLM2's ' ' before a
-        digit, are part of the prompt). Raw scores are cached in memory and on disk under a 'subgoals-v1' key."""
-        self.subgoal_prefix, self.subgoal_suffix, self.subgoal_lead_in = subgoal_prompt(**self.template_kwargs)
-        lead_in_tokens = self.llm.tokenize(self.subgoal_lead_in.encode(), add_bos=False, special=False)
-        self.number_tokens = []  # tokens of " 1" .. " 9" after the lead-in
-        for number in range(1, 10):
-            tokens = self.llm.tokenize(f"{self.subgoal_lead_in} {number}".encode(), add_bos=False, special=False)
-            self.number_tokens.append(tokens[len(lead_in_tokens):] if tokens[:len(lead_in_tokens)] == lead_in_tokens
-                                      else self.llm.tokenize(f" {number}".encode(), add_bos=False, special=False))
-        self.shared_number_tokens = common_prefix(self.number_tokens[0], self.number_tokens[-1])
-        self.subgoal_key = "\n".join(["subgoals-v1", self.identity, self.subgoal_prefix, self.subgoal_suffix,
-                                      self.subgoal_lead_in])
-
+    # --- subgoal ranking (ppo_llm_explore.py): the same prompt, cache and scoring path as the actions ---
     def _score_numbers(self, query: str, n_candidates: int) -> list[float]:
+        """Raw log-likelihoods of the candidates' numbers after "instructions + observation + candidates + Subgoal:"."""
         text = self.subgoal_prefix + query + self.subgoal_suffix + self.subgoal_lead_in
         prompt_tokens = self.llm.tokenize(text.encode(), add_bos=True, special=True) + self.shared_number_tokens
-        log_probs = self._eval_prompt(prompt_tokens)
-        shared = len(self.shared_number_tokens)
-        scores = [float(log_probs[self.number_tokens[i][shared]]) for i in range(n_candidates)]
-        for i in range(n_candidates):  # numbers longer than one distinct token (none for SmolLM2 or Llama-2)
-            tokens = self.number_tokens[i]
-            for position in range(shared + 1, len(tokens)):
-                self.llm.n_tokens = len(prompt_tokens) + position - shared - 1
-                scores[i] += float(self._continue([tokens[position - 1]])[tokens[position]])
         self.full_prompt_tokens += len(prompt_tokens)
-        return scores
+        return self._log_likelihoods(prompt_tokens, self.number_tokens[:n_candidates], len(self.shared_number_tokens))
 
     def raw_subgoal_scores(self, query: str, n_candidates: int) -> list[float]:
         """Cached raw log-likelihoods of the candidates' numbers (memory, then disk, then the LLM)."""
-        memory_key = "subgoals\n" + query
-        if memory_key in self.memory_cache:
-            self.memory_cache.move_to_end(memory_key)
-            self.stats["memory_hits"] += 1
-            return self.memory_cache[memory_key]
-        disk_key = hashlib.sha256(f"{self.subgoal_key}\n{query}".encode()).hexdigest()
-        raw = self._disk_call("get", disk_key) if self.disk_cache is not None else None
-        if raw is not None:
-            self.stats["disk_hits"] += 1
-        else:
+        memory_key, disk_key = "subgoals\n" + query, self._subgoal_disk_key(query)
+        raw = self._cached(memory_key, disk_key)
+        if raw is None:
             start = time.perf_counter()
             raw = self._score_numbers(query, n_candidates)
             self.uncached_seconds += time.perf_counter() - start
-            self.stats["misses"] += 1
-            if raw is None:  # the query failed (a server that did not answer in time): ask again next time
-                return None
-            if self.disk_cache is not None:
-                self._disk_call("set", disk_key, raw)
-        self._remember(memory_key, raw)
+            self._store(memory_key, disk_key, raw)
         return raw
 
     def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:
@@ -1170,11 +1174,7 @@ class ServedLLMAdvisor(LLMAdvisor):
                              f"pick one with --llm-model")
         self.model = model or served[0]
         self.template_kwargs, self.template_source = self._template_kwargs(model_path)
-        self.prefix, self.suffix = split_prompt(self.actions, **self.template_kwargs)
-        self.lead_in = SCORE_LEAD_IN if mode == "score" else GENERATE_LEAD_IN
-        if self.suffix and not self.suffix[-1].isspace() and self.lead_in:
-            self.lead_in = " " + self.lead_in  # e.g. Llama-2's "[/INST] Action:"
-        self.subgoal_prefix, self.subgoal_suffix, self.subgoal_lead_in = subgoal_prompt(**self.template_kwargs)
+        self._setup_prompts()
         self.echo_scoring, run_timeout = False, self.server.timeout
         self.server.timeout = max(run_timeout, 10.0)  # the start-up checks wait for a busy server; queries do not
         try:
@@ -1184,8 +1184,6 @@ class ServedLLMAdvisor(LLMAdvisor):
 
         self._setup_caches(f"served:{self.api}:top{self.top_k}:echo{int(self.echo_scoring)}:{self.model}", cache_dir,
                            memory_cache_size)
-        self.subgoal_key = "\n".join(["subgoals-v1", self.identity, self.subgoal_prefix, self.subgoal_suffix,
-                                      self.subgoal_lead_in])
         self.warned = False
         self.server.counts = dict.fromkeys(self.server.counts, 0)  # the start-up checks are not queries
 
@@ -1678,7 +1676,7 @@ def expert_actions_from_infos(infos: dict, num_envs: int) -> np.ndarray:
 #                              each at most once per episode; and, over a BabyAIBotWrapper, the bot's plan
 # make_advisor(...) advisers also have subgoal_probs(obs_text, candidates, plan):
 #                              a distribution over the candidates (the LLM scores their numbers in one pass)
-# Nothing above this section changes: the subgoal advisers are subclasses that add one method.
+# (The advisers rank subgoals with the prompt, cache and scoring path of their actions.)
 
 @dataclasses.dataclass(frozen=True)
 class Subgoal:
@@ -1903,22 +1901,3 @@ def bonus_weights(probs: np.ndarray, mode: str, top_k: int = 1) -> np.ndarray:
         above, tied = np.sum(probs > p), np.sum(probs == p)
         weights[i] = float(np.clip((top_k - above) / tied, 0.0, 1.0))
     return weights
-
-
-# --- the subgoal advisers: the advisers of section 5, plus subgoal_probs() ---
-SUBGOAL_INSTRUCTIONS = ("Pick the subgoal that helps most to reach the goal, or to explore usefully. "
-                        "Answer with its number.\n\n")
-SUBGOAL_LEAD_IN = "Subgoal:"
-
-
-def subgoal_query(obs_text: str, candidate_texts: list[str]) -> str:
-    """The user message's variable part: 'Goal: ... You carry nothing.\\nSubgoals: 1 = ..., 2 = ....'"""
-    listing = ", ".join(f"{number} = {text}" for number, text in enumerate(candidate_texts, 1))
-    return f"{obs_text}\nSubgoals: {listing}."
-
-
-def check_candidates(candidate_texts) -> list[str]:
-    candidate_texts = [str(text) for text in candidate_texts]
-    if len(candidate_texts) > 9 or len(set(candidate_texts)) != len(candidate_texts):
-        raise ValueError(f"expected at most 9 distinct candidate subgoals, got {candidate_texts}")
-    return candidate_texts
