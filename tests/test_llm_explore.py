@@ -1,4 +1,4 @@
-"""ppo_llm_explore.py and prompts.py section 7: candidate subgoals, achievements read from the env's state,
+"""ppo_llm_explore.py and prompts.py sections 3 and 7: candidate subgoals, achievements read from the env's state,
 the subgoal advisers (the real embedded LLM included), and tiny training runs."""
 
 import gymnasium as gym
