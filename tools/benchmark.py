@@ -235,14 +235,14 @@ PRESETS = {
         *zeroshot_runs(["llm"], "MiniGrid-DoorKey-5x5-v0", 2, extra=["--num-envs", "2"]),
     ],
     # Under 10 minutes on 2 cores with --workers 2 (DoorKey-5x5 gets no expert: the bot plays BabyAI levels only).
-    # 30k frames: about where the baseline first solves DoorKey-5x5 (README: 18-25k frames), so differences show.
+    # 30k frames: about where the baseline first solves DoorKey-5x5 (benchmarks/agent), so differences show.
     "smoke": [
         *train_runs(GUIDED, "MiniGrid-DoorKey-5x5-v0", [1, 2], 30_720, 10, 16),
         *train_runs(GUIDED, "BabyAI-GoToObj-v0", [1, 2], 30_720, 10, 16),
         *zeroshot_runs(["llm", "uniform", "expert"], "MiniGrid-DoorKey-5x5-v0", 16),
         *zeroshot_runs(["llm", "uniform", "expert"], "BabyAI-GoToObj-v0", 16),
     ],
-    # The README's results grid (~62 minutes on 2 cores with --workers 2). The actor alone is evaluated on 32 episodes
+    # The README's results grid (benchmarks/main/README.md). The actor alone is evaluated on 32 episodes
     # every 5-10k frames for the curves, and at the end.
     "main": [
         *train_runs(GUIDED + ["policy+random", "explore+uniform"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 60_000, 10, 32),
@@ -272,11 +272,9 @@ PRESETS = {
     # (2,560 frames) for frames to threshold; tools/plot.py then also writes accuracy.png and study.md.
     # - BabyAI-GoToObj-v0, 40k frames (the main preset's budget; the baseline reaches 0.9 at 20-25k frames).
     # - BabyAI-GoToLocal-v0, 100k frames: the harder level, chosen over PickupLoc because the README has its baseline
-    #   (rolling return ~0.4 by 25k frames, then a 0.4-0.54 plateau to 500k: this memoryless actor cannot reach 0.9
-    #   there, so plot.py measures frames to 0.4 on it, STUDY_THRESHOLDS) and SmolLM2's measured agreement with the
-    #   bot on this very level (29%), and it has GoToObj's three allowed actions.
-    # Wall time with --workers 2 on the 2-core dev machine: 61 minutes (GoToObj half 14 min; GoToLocal half 47 min,
-    # while other runs shared the cores part of the time).
+    #   and SmolLM2's measured agreement with the bot on this very level, and it has GoToObj's three allowed actions;
+    #   the earlier, memoryless agent plateaued far below 0.9 there, so plot.py measures frames to 0.4 on it
+    #   (STUDY_THRESHOLDS).
     "study": [
         *study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32),
         *study_runs("BabyAI-GoToLocal-v0", STUDY_ACCURACIES, [1, 2, 3], 100_000, 5, 32),

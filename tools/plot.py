@@ -233,8 +233,8 @@ def transfer_table(runs):
 # -----------------------------------------------------------------------------------------------------
 # Accuracy study (issue 8: how good must the LLM be to help?): accuracy.png and study.md
 # -----------------------------------------------------------------------------------------------------
-# The baseline cannot reach 0.9 on GoToLocal (a memoryless actor: 0.4-0.54 plateau up to 500k frames, README), but
-# passes 0.4 at about 25k frames: frames to 0.4 measures how fast the part it can learn is learnt.
+# Within the study's GoToLocal budget the earlier, memoryless agent plateaued far below 0.9 but passed 0.4 early:
+# frames to 0.4 measures how fast the part it can learn is learnt (benchmarks/study/README.md).
 STUDY_THRESHOLDS = {"BabyAI-GoToLocal-v0": 0.4}
 # Real models' top-1 agreement with the BabyAI bot: the README's "Advisers" table (tools/advice_eval.py,
 # SmolLM2-135M-Instruct Q4_1, 100 states per level from bot-led rollouts with 20% random actions).
