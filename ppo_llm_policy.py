@@ -537,15 +537,12 @@ if __name__ == "__main__":
              f"{args.batch_size} frames): pass at least {args.batch_size}")
     if train and args.num_envs % args.num_minibatches:  # a minibatch replays whole env sequences
         fail(f"--num-envs {args.num_envs} must divide by --num-minibatches {args.num_minibatches}")
-    interrupted, second_ctrl_c_raises = False, False
+    interrupted = False
 
     def on_ctrl_c(signum, frame):
         # Set a flag that the loop and evaluate() check, rather than raise: a KeyboardInterrupt that lands inside a
-        # __del__ (torch and TensorBoard objects have them) is printed and swallowed, and training would go on. Once the
-        # run has started, a second Ctrl-C raises; before, the setup (e.g. loading the LLM) cannot be cut short anyway.
+        # __del__ (torch and TensorBoard objects have them) is printed and swallowed, and training would go on.
         global interrupted
-        if interrupted and second_ctrl_c_raises:
-            raise KeyboardInterrupt
         interrupted = True
 
     signal.signal(signal.SIGINT, on_ctrl_c)
@@ -586,6 +583,7 @@ if __name__ == "__main__":
             max_concurrency=args.llm_max_concurrency,
             max_rps=args.llm_max_rps,
             timeout=args.llm_timeout,
+            stop=lambda: interrupted,  # Ctrl-C: the LLM queries not yet asked are skipped
         )
     except ValueError as error:  # the model failed to load, or its instructions do not fit --llm-n-ctx
         fail(str(error))
@@ -637,211 +635,206 @@ if __name__ == "__main__":
     next_obs = torch.as_tensor(next_obs).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
     next_memory = agent.initial_memory(args.num_envs, device)
-    second_ctrl_c_raises = True
     agree_with_policy = []
 
-    try:
-        for iteration in range(start_iteration + 1, args.num_iterations + 1):
-            # Annealing the rate if instructed to do so.
-            if args.anneal_lr:
-                frac = 1.0 - (iteration - 1.0) / args.num_iterations
-                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
-            initial_memory = next_memory.clone()  # the update replays the rollout from here
-            # One LLM weight per iteration: the rollout and the update must use the same mixed policy.
-            llm_frac = max(0.0, 1.0 - (iteration - 1.0) / (args.llm_anneal_frac * args.num_iterations))
-            llm_coef = args.llm_coef * llm_frac
-            llm_seconds, queries_before, misses_before = 0.0, advisor.stats["queries"], advisor.stats["misses"]
+    for iteration in range(start_iteration + 1, args.num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+        initial_memory = next_memory.clone()  # the update replays the rollout from here
+        # One LLM weight per iteration: the rollout and the update must use the same mixed policy.
+        llm_frac = max(0.0, 1.0 - (iteration - 1.0) / (args.llm_anneal_frac * args.num_iterations))
+        llm_coef = args.llm_coef * llm_frac
+        llm_seconds, queries_before, misses_before = 0.0, advisor.stats["queries"], advisor.stats["misses"]
 
-            for step in range(0, args.num_steps):
-                if interrupted:
-                    break
-                global_step += args.num_envs
-                obs[step] = next_obs
-                dones[step] = next_done
-
-                # LLM LOGIC: advice for this step. Not needed once its weight is 0; between queries (or past the
-                # per-update budget) a state gets cached advice if there is any, else none.
-                advice = np.tile(no_advice, (args.num_envs, 1))
-                if llm_coef > 0 or args.distill_coef * llm_frac > 0:
-                    llm_start = time.perf_counter()
-                    texts = prompts.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
-                    expert_actions = prompts.expert_actions_from_infos(infos, args.num_envs)
-                    over_budget = 0 < args.llm_max_queries <= advisor.stats["misses"] - misses_before
-                    cached_only = step % args.llm_query_every != 0 or over_budget
-                    advice = advisor.action_probs(texts, expert_actions, cached_only=cached_only)
-                    advice = prompts.env_probs(advice, envs.single_action_space.n)
-                    llm_seconds += time.perf_counter() - llm_start
-                llm_logprobs[step] = torch.as_tensor(np.log(advice), dtype=torch.float32).to(device)
-
-                # ALGO LOGIC: action logic (inference mode: no_grad without the autograd bookkeeping)
-                with torch.inference_mode():
-                    action, logprob, _, value, next_memory, actor_logits = agent.get_action_and_value(
-                        next_obs, next_memory, next_done, llm_logprobs[step], llm_coef
-                    )
-                    values[step] = value.flatten()
-                    agree_with_policy.append((actor_logits.argmax(1) == llm_logprobs[step].argmax(1)).float().mean().item())
-                actions[step] = action
-                logprobs[step] = logprob
-
-                # TRY NOT TO MODIFY: execute the game and log data.
-                next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                next_done = np.logical_or(terminations, truncations)
-                rewards[step] = torch.as_tensor(reward, dtype=torch.float32).to(device)
-                next_obs, next_done = torch.as_tensor(next_obs).to(device), torch.as_tensor(next_done, dtype=torch.float32).to(device)
-
-                for i in np.flatnonzero(infos.get("_episode", [])):
-                    recent_returns.append(float(infos["episode"]["r"][i]))
-                    recent_lengths.append(int(infos["episode"]["l"][i]))
-                    writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
-                    writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
-
-            if interrupted:  # Ctrl-C: stop without an update on a partial rollout
+        for step in range(0, args.num_steps):
+            if interrupted:
                 break
+            global_step += args.num_envs
+            obs[step] = next_obs
+            dones[step] = next_done
 
-            # bootstrap value if not done
-            with torch.no_grad():
-                next_value = agent.get_value(next_obs, next_memory, next_done).reshape(1, -1)
-                advantages = torch.zeros_like(rewards).to(device)
-                lastgaelam = 0
-                for t in reversed(range(args.num_steps)):
-                    if t == args.num_steps - 1:
-                        nextnonterminal = 1.0 - next_done
-                        nextvalues = next_value
-                    else:
-                        nextnonterminal = 1.0 - dones[t + 1]
-                        nextvalues = values[t + 1]
-                    delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                    advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
-                returns = advantages + values
+            # LLM LOGIC: advice for this step. Not needed once its weight is 0; between queries (or past the
+            # per-update budget) a state gets cached advice if there is any, else none.
+            advice = np.tile(no_advice, (args.num_envs, 1))
+            if llm_coef > 0 or args.distill_coef * llm_frac > 0:
+                llm_start = time.perf_counter()
+                texts = prompts.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
+                expert_actions = prompts.expert_actions_from_infos(infos, args.num_envs)
+                over_budget = 0 < args.llm_max_queries <= advisor.stats["misses"] - misses_before
+                cached_only = step % args.llm_query_every != 0 or over_budget
+                advice = advisor.action_probs(texts, expert_actions, cached_only=cached_only)
+                advice = prompts.env_probs(advice, envs.single_action_space.n)
+                llm_seconds += time.perf_counter() - llm_start
+            llm_logprobs[step] = torch.as_tensor(np.log(advice), dtype=torch.float32).to(device)
 
-            rollout_had_reward = bool(rewards.any())
-
-            # flatten the batch
-            b_obs = obs.reshape((-1, OBS_SIZE))
-            b_logprobs = logprobs.reshape(-1)
-            b_actions = actions.reshape(-1)
-            b_advantages = advantages.reshape(-1)
-            b_returns = returns.reshape(-1)
-            b_values = values.reshape(-1)
-            b_dones = dones.reshape(-1)
-            b_llm_logprobs = llm_logprobs.reshape((-1, envs.single_action_space.n))
-
-            # Optimizing the policy and value network: a minibatch holds whole env sequences, replayed from the memory
-            # the rollout started with (as in CleanRL's ppo_atari_lstm.py)
-            envs_per_minibatch = args.num_envs // args.num_minibatches
-            env_inds = np.arange(args.num_envs)
-            flat_inds = np.arange(args.batch_size).reshape(args.num_steps, args.num_envs)
-            clipfracs = []
-            for epoch in range(args.update_epochs):
-                np.random.shuffle(env_inds)
-                for start in range(0, args.num_envs, envs_per_minibatch):
-                    mb_env_inds = env_inds[start : start + envs_per_minibatch]
-                    mb_inds = flat_inds[:, mb_env_inds].ravel()  # step-major, as get_states reads them
-
-                    _, newlogprob, entropy, newvalue, _, actor_logits = agent.get_action_and_value(
-                        b_obs[mb_inds], initial_memory[mb_env_inds], b_dones[mb_inds], b_llm_logprobs[mb_inds], llm_coef,
-                        b_actions[mb_inds],
-                    )
-                    logratio = newlogprob - b_logprobs[mb_inds]
-                    ratio = logratio.exp()
-                    if epoch == 0 and start == 0:  # before any gradient step the ratio must be exactly 1
-                        logprob_replay_error = logratio.abs().max().item()
-                    # KL(p_LLM || actor): how far the actor alone is from the advice (and, optionally, a loss)
-                    prior_logprobs = b_llm_logprobs[mb_inds]
-                    kl_policy_prior = (prior_logprobs.exp() * (prior_logprobs - torch.log_softmax(actor_logits, 1))).sum(1).mean()
-
-                    with torch.no_grad():
-                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                        old_approx_kl = (-logratio).mean()
-                        approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
-
-                    mb_advantages = b_advantages[mb_inds]
-                    # A rollout without a single reward has advantages made of value-function noise only. Scaled to
-                    # unit size, that noise drifts the policy until it may never find the reward (README:
-                    # benchmarks/agent); left unscaled, it barely moves the policy.
-                    if args.norm_adv and rollout_had_reward:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                    # Policy loss
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                    # Value loss
-                    newvalue = newvalue.view(-1)
-                    if args.clip_vloss:
-                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                        v_clipped = b_values[mb_inds] + torch.clamp(
-                            newvalue - b_values[mb_inds],
-                            -args.clip_coef,
-                            args.clip_coef,
-                        )
-                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                        v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
-                        v_loss = 0.5 * v_loss_max.mean()
-                    else:
-                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-
-                    entropy_loss = entropy.mean()
-                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-                    if args.distill_coef > 0:
-                        loss = loss + args.distill_coef * llm_frac * kl_policy_prior
-
-                    optimizer.zero_grad()
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-                    optimizer.step()
-
-                if args.target_kl is not None and approx_kl > args.target_kl:
-                    break
-            iterations_done = iteration
-
-            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-            var_y = np.var(y_true)
-            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-
-            # TRY NOT TO MODIFY: record rewards for plotting purposes
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-            writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-            writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-            writer.add_scalar("losses/explained_variance", explained_var, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            llm_queries, llm_misses = prompts.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
-                                                                global_step, args.llm_usd_per_mtok)
-            writer.add_scalar("llm/coef", llm_coef, global_step)
-            writer.add_scalar("llm/agree_with_policy", np.mean(agree_with_policy), global_step)
-            writer.add_scalar("llm/kl_policy_prior", kl_policy_prior.item(), global_step)
-            writer.add_scalar("llm/logprob_replay_error", logprob_replay_error, global_step)
-            agree_with_policy.clear()
-            if recent_returns:
-                writer.add_scalar("charts/rolling_return", np.mean(recent_returns), global_step)
-            if args.eval_every > 0 and iteration % args.eval_every == 0 and iteration < args.num_iterations:
-                eval_seed = args.seed + 10_000 + iteration  # fresh levels each time, still reproducible
-                evaluation = evaluate(agent, args.env_id, args.eval_episodes, args.num_envs, eval_seed, device,
-                                      stop=lambda: interrupted)
-                if evaluation is None:  # Ctrl-C
-                    break
-                mean_return, success_rate, _ = evaluation
-                writer.add_scalar("eval/episodic_return", mean_return, global_step)
-                writer.add_scalar("eval/success_rate", success_rate, global_step)
-            if iteration % args.log_every == 0 or iteration == args.num_iterations:
-                rolling = f"{np.mean(recent_returns):.3f}" if recent_returns else "n/a"
-                length = f"{np.mean(recent_lengths):.1f}" if recent_lengths else "n/a"
-                print(
-                    f"update {iteration}/{args.num_iterations} | frames {global_step} | FPS {sps} | "
-                    f"return {rolling} (last {len(recent_returns)} episodes) | length {length} | "
-                    f"LLM coef {llm_coef:.2f}, {1000 * llm_seconds:.0f} ms, {llm_misses} uncached queries",
-                    flush=True,
+            # ALGO LOGIC: action logic (inference mode: no_grad without the autograd bookkeeping)
+            with torch.inference_mode():
+                action, logprob, _, value, next_memory, actor_logits = agent.get_action_and_value(
+                    next_obs, next_memory, next_done, llm_logprobs[step], llm_coef
                 )
-    except KeyboardInterrupt:
-        interrupted = True
-    second_ctrl_c_raises = False  # from here on a Ctrl-C stops evaluate() at its next step; saving must not be cut short
+                values[step] = value.flatten()
+                agree_with_policy.append((actor_logits.argmax(1) == llm_logprobs[step].argmax(1)).float().mean().item())
+            actions[step] = action
+            logprobs[step] = logprob
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+            next_done = np.logical_or(terminations, truncations)
+            rewards[step] = torch.as_tensor(reward, dtype=torch.float32).to(device)
+            next_obs, next_done = torch.as_tensor(next_obs).to(device), torch.as_tensor(next_done, dtype=torch.float32).to(device)
+
+            for i in np.flatnonzero(infos.get("_episode", [])):
+                recent_returns.append(float(infos["episode"]["r"][i]))
+                recent_lengths.append(int(infos["episode"]["l"][i]))
+                writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
+                writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
+
+        if interrupted:  # Ctrl-C: stop without an update on a partial rollout
+            break
+
+        # bootstrap value if not done
+        with torch.no_grad():
+            next_value = agent.get_value(next_obs, next_memory, next_done).reshape(1, -1)
+            advantages = torch.zeros_like(rewards).to(device)
+            lastgaelam = 0
+            for t in reversed(range(args.num_steps)):
+                if t == args.num_steps - 1:
+                    nextnonterminal = 1.0 - next_done
+                    nextvalues = next_value
+                else:
+                    nextnonterminal = 1.0 - dones[t + 1]
+                    nextvalues = values[t + 1]
+                delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+            returns = advantages + values
+
+        rollout_had_reward = bool(rewards.any())
+
+        # flatten the batch
+        b_obs = obs.reshape((-1, OBS_SIZE))
+        b_logprobs = logprobs.reshape(-1)
+        b_actions = actions.reshape(-1)
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+        b_values = values.reshape(-1)
+        b_dones = dones.reshape(-1)
+        b_llm_logprobs = llm_logprobs.reshape((-1, envs.single_action_space.n))
+
+        # Optimizing the policy and value network: a minibatch holds whole env sequences, replayed from the memory
+        # the rollout started with (as in CleanRL's ppo_atari_lstm.py)
+        envs_per_minibatch = args.num_envs // args.num_minibatches
+        env_inds = np.arange(args.num_envs)
+        flat_inds = np.arange(args.batch_size).reshape(args.num_steps, args.num_envs)
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(env_inds)
+            for start in range(0, args.num_envs, envs_per_minibatch):
+                mb_env_inds = env_inds[start : start + envs_per_minibatch]
+                mb_inds = flat_inds[:, mb_env_inds].ravel()  # step-major, as get_states reads them
+
+                _, newlogprob, entropy, newvalue, _, actor_logits = agent.get_action_and_value(
+                    b_obs[mb_inds], initial_memory[mb_env_inds], b_dones[mb_inds], b_llm_logprobs[mb_inds], llm_coef,
+                    b_actions[mb_inds],
+                )
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()
+                if epoch == 0 and start == 0:  # before any gradient step the ratio must be exactly 1
+                    logprob_replay_error = logratio.abs().max().item()
+                # KL(p_LLM || actor): how far the actor alone is from the advice (and, optionally, a loss)
+                prior_logprobs = b_llm_logprobs[mb_inds]
+                kl_policy_prior = (prior_logprobs.exp() * (prior_logprobs - torch.log_softmax(actor_logits, 1))).sum(1).mean()
+
+                with torch.no_grad():
+                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                mb_advantages = b_advantages[mb_inds]
+                # A rollout without a single reward has advantages made of value-function noise only. Scaled to
+                # unit size, that noise drifts the policy until it may never find the reward (README:
+                # benchmarks/agent); left unscaled, it barely moves the policy.
+                if args.norm_adv and rollout_had_reward:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                # Policy loss
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                # Value loss
+                newvalue = newvalue.view(-1)
+                if args.clip_vloss:
+                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds],
+                        -args.clip_coef,
+                        args.clip_coef,
+                    )
+                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+                    v_loss = 0.5 * v_loss_max.mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                if args.distill_coef > 0:
+                    loss = loss + args.distill_coef * llm_frac * kl_policy_prior
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                optimizer.step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+        iterations_done = iteration
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        llm_queries, llm_misses = prompts.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
+                                                            global_step, args.llm_usd_per_mtok)
+        writer.add_scalar("llm/coef", llm_coef, global_step)
+        writer.add_scalar("llm/agree_with_policy", np.mean(agree_with_policy), global_step)
+        writer.add_scalar("llm/kl_policy_prior", kl_policy_prior.item(), global_step)
+        writer.add_scalar("llm/logprob_replay_error", logprob_replay_error, global_step)
+        agree_with_policy.clear()
+        if recent_returns:
+            writer.add_scalar("charts/rolling_return", np.mean(recent_returns), global_step)
+        if args.eval_every > 0 and iteration % args.eval_every == 0 and iteration < args.num_iterations:
+            eval_seed = args.seed + 10_000 + iteration  # fresh levels each time, still reproducible
+            evaluation = evaluate(agent, args.env_id, args.eval_episodes, args.num_envs, eval_seed, device,
+                                  stop=lambda: interrupted)
+            if evaluation is None:  # Ctrl-C
+                break
+            mean_return, success_rate, _ = evaluation
+            writer.add_scalar("eval/episodic_return", mean_return, global_step)
+            writer.add_scalar("eval/success_rate", success_rate, global_step)
+        if iteration % args.log_every == 0 or iteration == args.num_iterations:
+            rolling = f"{np.mean(recent_returns):.3f}" if recent_returns else "n/a"
+            length = f"{np.mean(recent_lengths):.1f}" if recent_lengths else "n/a"
+            print(
+                f"update {iteration}/{args.num_iterations} | frames {global_step} | FPS {sps} | "
+                f"return {rolling} (last {len(recent_returns)} episodes) | length {length} | "
+                f"LLM coef {llm_coef:.2f}, {1000 * llm_seconds:.0f} ms, {llm_misses} uncached queries",
+                flush=True,
+            )
     if interrupted:
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
 

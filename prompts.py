@@ -713,6 +713,10 @@ class LLMAdvisor:
     without invalidating the cache and a second run over the same states is nearly free.
     """
 
+    # The scripts point this at their Ctrl-C flag: the queries not yet asked are then skipped (no advice), so a Ctrl-C
+    # stops the run within one query.
+    stop = staticmethod(lambda: False)
+
     def __init__(self, model_path: str | None = None, n_gpu_layers: int = 0, n_threads: int | None = None,
                  n_ctx: int = 512, temperature: float = 1.0, cache_dir: str | None = DEFAULT_CACHE_DIR,
                  mode: str = "score", actions: list[int] | None = None, memory_cache_size: int = 100_000,
@@ -956,12 +960,13 @@ class LLMAdvisor:
         return self._score(prompt_tokens) if self.mode == "score" else self._generate(prompt_tokens)
 
     def _answer_all(self, obs_texts: list[str]) -> list:
-        """Uncached queries, one after the other (in order: neighbours share KV-cache prefixes)."""
-        return [self._answer(obs_text) for obs_text in obs_texts]
+        """Uncached queries, one after the other (in order: neighbours share KV-cache prefixes); None once stopped."""
+        return [None if self.stop() else self._answer(obs_text) for obs_text in obs_texts]
 
     def raw_answers(self, obs_texts: list[str], cached_only: bool = False) -> dict:
         """Raw answers by text: memory cache, then disk cache, then the LLM for what is left (stored in both caches).
-        With cached_only, a text seen in neither cache gets None instead of an LLM call; so does a failed query."""
+        With cached_only, a text seen in neither cache gets None instead of an LLM call; so does a failed query, and
+        after stop() (Ctrl-C) a text not asked yet (counted in stats["skipped"])."""
         answers, uncached = {}, []
         for obs_text in obs_texts:
             if obs_text in answers or obs_text in uncached:  # repeated in this batch: a memory hit, as before
@@ -976,7 +981,10 @@ class LLMAdvisor:
         self.uncached_seconds += time.perf_counter() - start
         for obs_text, raw in zip(uncached, computed):
             answers[obs_text] = raw
-            self._store(obs_text, self._disk_key(obs_text), raw)
+            if raw is None and self.stop():
+                self.stats["skipped"] += 1
+            else:
+                self._store(obs_text, self._disk_key(obs_text), raw)
         return answers
 
     def raw_answer(self, obs_text: str, cached_only: bool = False):
@@ -994,7 +1002,7 @@ class LLMAdvisor:
         probs = np.empty((len(obs_texts), NUM_ACTIONS), dtype=np.float32)
         for row in rows:
             raw = answers[obs_texts[row]]
-            if raw is None and cached_only:
+            if raw is None and (cached_only or self.stop()):
                 probs[row] = NO_ADVICE
             elif raw is None:  # the query failed (a server that did not answer in time)
                 self.stats["fallbacks"] += 1
@@ -1024,7 +1032,9 @@ class LLMAdvisor:
         """Cached raw log-likelihoods of the candidates' numbers (memory, then disk, then the LLM)."""
         memory_key, disk_key = "subgoals\n" + query, self._subgoal_disk_key(query)
         raw = self._cached(memory_key, disk_key)
-        if raw is None:
+        if raw is None and self.stop():  # Ctrl-C: not asked
+            self.stats["skipped"] += 1
+        elif raw is None:
             start = time.perf_counter()
             raw = self._score_numbers(query, n_candidates)
             self.uncached_seconds += time.perf_counter() - start
@@ -1060,7 +1070,7 @@ class LLMAdvisor:
         self.stats["queries"] += len(shifts)  # one per prompt, so the hit rate stays the share of prompts cached
         self._update_rates()
         if not answered:
-            self.stats["fallbacks"] += 1
+            self.stats["fallbacks"] += int(not self.stop())
             return np.full(n, 1.0 / n, dtype=np.float32)
         return (total / answered).astype(np.float32)
 
@@ -1118,6 +1128,7 @@ class LLMServer:
                                                        max_keepalive_connections=max_concurrency))
         self.lock, self.jitter = threading.Lock(), random.Random()  # own RNG: training's `random` stays untouched
         self.next_start, self.down = 0.0, False
+        self.stop = lambda: False  # make_advisor points it at the script's Ctrl-C flag
         self.counts = dict(requests=0, retries=0, failed_requests=0, prompt_tokens=0, completion_tokens=0)
 
     def _wait_for_slot(self):
@@ -1166,7 +1177,7 @@ class LLMServer:
             except (ValueError, AttributeError) as error:  # a 2xx answer that is not a JSON object
                 problem, retryable = f"an answer that is not JSON ({error})", False
             delay = max(retry_after, self.jitter.uniform(0, min(MAX_BACKOFF_SECONDS, 0.1 * 2 ** attempt)))
-            if not (retry and retryable) or time.monotonic() + delay >= deadline:
+            if not (retry and retryable) or time.monotonic() + delay >= deadline or self.stop():
                 self._count(failed_requests=1)
                 self.down = self.down or retryable
                 raise ServerError(problem)
@@ -1378,7 +1389,9 @@ class ServedLLMAdvisor(LLMAdvisor):
 
     # --- the raw answers of LLMAdvisor, from the server ---
     def _answer(self, obs_text: str):
-        """Raw scores (score mode) or reply text (generate mode) for one state; None if the server failed."""
+        """Raw scores (score mode) or reply text (generate mode) for one state; None if the server failed or stop()."""
+        if self.stop():
+            return None
         try:
             if self.mode == "generate":
                 return answer_text(self._request(obs_text, MAX_REPLY_TOKENS), self.api).strip()
@@ -1481,8 +1494,10 @@ def write_llm_scalars(writer, stats: dict, queries_before: int, misses_before: i
 
 def adviser_summary(name: str, stats: dict, usd_per_mtok: float = 0.0) -> str:
     """The end-of-run line on the adviser: queries, cache hits, speed, fallbacks, agreement, a served LLM's usage."""
-    return (f"LLM adviser '{name}': {stats['queries']} queries, {stats['misses']} uncached "
-            f"(cache hit rate {1 - stats['misses'] / max(stats['queries'], 1):.3f}), "
+    skipped = stats.get("skipped", 0)  # no advice: over the query budget, or not asked after a Ctrl-C
+    return (f"LLM adviser '{name}': {stats['queries']} queries, {stats['misses']} uncached"
+            + (f", {skipped} without advice" if skipped else "")
+            + f" (cache hit rate {1 - (stats['misses'] + skipped) / max(stats['queries'], 1):.3f}), "
             f"{stats.get('ms_per_uncached_query', 0.0):.0f} ms per uncached query, {stats['fallbacks']} fallbacks"
             + (f", agreed with the expert {stats['agreed'] / max(stats['queries'], 1):.3f}" if "agreed" in stats else "")
             + usage_summary(stats, usd_per_mtok))
@@ -1673,14 +1688,19 @@ SERVER_KWARGS = ("base_url", "model", "api", "api_key_env", "top_logprobs", "max
 
 
 def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smoothing: float = 0.0,
-                 accuracy: float = 1.0, calibrated: bool = False, **llm_kwargs):
-    """'llm' -> LLMAdvisor(**llm_kwargs), or ServedLLMAdvisor when llm_kwargs has a base_url; the others ignore the LLM
-    arguments ('noisy-expert' takes `accuracy` and `calibrated`)."""
+                 accuracy: float = 1.0, calibrated: bool = False, stop=lambda: False, **llm_kwargs):
+    """'llm' -> LLMAdvisor(**llm_kwargs), or ServedLLMAdvisor when llm_kwargs has a base_url, with `stop` (see
+    LLMAdvisor.stop); the others answer at once and ignore the LLM arguments ('noisy-expert' takes `accuracy` and
+    `calibrated`)."""
     if name == "llm":
         server_kwargs = {key: llm_kwargs.pop(key) for key in SERVER_KWARGS if key in llm_kwargs}
         if server_kwargs.get("base_url"):
-            return ServedLLMAdvisor(actions=actions, **server_kwargs, **llm_kwargs)
-        return LLMAdvisor(actions=actions, **llm_kwargs)
+            advisor = ServedLLMAdvisor(actions=actions, **server_kwargs, **llm_kwargs)
+            advisor.server.stop = stop  # no retries after a Ctrl-C
+        else:
+            advisor = LLMAdvisor(actions=actions, **llm_kwargs)
+        advisor.stop = stop
+        return advisor
     if name == "expert":
         return ExpertAdvisor(smoothing=smoothing, actions=actions)
     if name == "uniform":

@@ -5,6 +5,7 @@ deletes what was already written."""
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -94,7 +95,7 @@ def test_ctrl_c_during_the_final_evaluation_saves_the_trained_agent(signals, tmp
                            "--run-dir", str(tmp_path), *TINY)
     assert wait_for_line(process, "update 2/2").startswith("update 2/2")
     time.sleep(1.0)  # the evaluation of 5000 episodes is under way
-    for signum in signals:  # a second Ctrl-C stops at once, and still saves; SIGTERM is a scheduler's Ctrl-C
+    for signum in signals:  # a second Ctrl-C changes nothing: it still saves; SIGTERM is a scheduler's Ctrl-C
         process.send_signal(signum)
         time.sleep(0.2)
     stdout, stderr = finish(process, 60)
@@ -114,6 +115,26 @@ def test_ctrl_c_during_a_periodic_evaluation_saves_the_agent(tmp_path):
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     checkpoint = torch.load(os.path.join(only_run(str(tmp_path)), "agent.pt"), weights_only=True)
     assert checkpoint["iteration"] == 1
+
+
+def test_ctrl_c_during_the_llm_queries_of_a_rollout_stops_within_one_query(tmp_path):
+    """No cache, 32 GoToLocal envs: the first step alone asks SmolLM2 about 32 different states. A Ctrl-C under way
+    skips the queries not yet asked (no advice), and the run saves at once, without the partial rollout."""
+    process = start_script("--env-id", "BabyAI-GoToLocal-v0", "--advisor", "llm", "--llm-cache-dir", "none",
+                           "--num-envs", "32", "--num-steps", "4", "--num-minibatches", "2", "--total-timesteps", "128",
+                           "--run-dir", str(tmp_path), script="ppo_llm_policy.py")
+    wait_until(lambda: glob.glob(str(tmp_path / "*" / "events.out.tfevents.*")))
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = finish(process, 120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert "interrupted at 32 frames" in stdout, stdout[-3000:]
+    checkpoint = torch.load(os.path.join(only_run(str(tmp_path)), "agent.pt"), weights_only=True)
+    assert checkpoint["iteration"] == 0
+    summary = re.search(r"(\d+) queries, (\d+) uncached, (\d+) without advice", stdout)
+    assert summary, stdout[-3000:]
+    queries, uncached, skipped = map(int, summary.groups())
+    assert queries == 32 and 0 < uncached < 32 and uncached + skipped == 32, summary.group(0)
 
 
 def test_ctrl_c_while_evaluating_a_checkpoint_exits_130_and_keeps_it(small_checkpoint, tmp_path):

@@ -252,6 +252,24 @@ def test_cached_only_answers_from_the_cache_and_never_calls_the_llm(advisor, got
     assert advisor.stats["misses"] == before["misses"] and advisor.stats["skipped"] == before["skipped"] + 1
 
 
+def test_a_stopped_advisor_skips_the_queries_not_yet_asked(advisor, gotolocal_texts):
+    """Ctrl-C (the scripts point advisor.stop at their flag) during a step's uncached queries: the query under way
+    finishes, the rest get no advice, are not cached and are not fallbacks, so a run stops within one query."""
+    texts = [text.replace("Goal:", "Goal: now") for text in gotolocal_texts]
+    before = dict(advisor.stats)
+    advisor.stop = lambda: advisor.stats["tokens_evaluated"] > before["tokens_evaluated"]  # true after one query
+    try:
+        probs = advisor.action_probs(texts)
+    finally:
+        del advisor.stop  # back to the class's "never"
+    no_advice = np.all(np.abs(probs - 1 / 7) < 1e-6, axis=1)
+    assert no_advice.sum() == len(texts) - 1 and not no_advice[texts.index(min(texts))]  # asked in sorted order
+    assert advisor.stats["misses"] == before["misses"] + 1 and advisor.stats["fallbacks"] == before["fallbacks"]
+    assert advisor.stats["skipped"] == before["skipped"] + len(texts) - 1
+    advisor.action_probs(texts)  # the skipped ones were not cached: they are asked now
+    assert advisor.stats["misses"] == before["misses"] + len(texts)
+
+
 def test_cached_score_equals_a_fresh_score_and_a_full_prompt_evaluation(advisor, gotolocal_texts):
     cached = advisor.action_probs(gotolocal_texts[:2])
     fresh_advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=None, actions=advisor.actions)
