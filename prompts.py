@@ -1128,7 +1128,7 @@ class LLMServer:
                                                        max_keepalive_connections=max_concurrency))
         self.lock, self.jitter = threading.Lock(), random.Random()  # own RNG: training's `random` stays untouched
         self.next_start, self.down = 0.0, False
-        self.stop = lambda: False  # make_advisor points it at the script's Ctrl-C flag
+        self.stop = lambda: False  # ServedLLMAdvisor points it at its own stop: no retries after a Ctrl-C
         self.counts = dict(requests=0, retries=0, failed_requests=0, prompt_tokens=0, completion_tokens=0)
 
     def _wait_for_slot(self):
@@ -1261,6 +1261,7 @@ class ServedLLMAdvisor(LLMAdvisor):
         self.mode, self.api, self.temperature, self.actions = mode, api, float(temperature), check_actions(actions)
         self.top_k, self.max_concurrency = int(top_logprobs), int(max_concurrency)
         self.server = LLMServer(base_url, api_key_env, timeout, max_rps, max_concurrency)
+        self.server.stop = lambda: self.stop()  # read at each retry, so a stop set later applies
         served = self.server.model_ids()
         if model and model not in served:
             raise ValueError(f"the server at --llm-base-url {base_url} serves {', '.join(served)}; "
@@ -1696,7 +1697,6 @@ def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smo
         server_kwargs = {key: llm_kwargs.pop(key) for key in SERVER_KWARGS if key in llm_kwargs}
         if server_kwargs.get("base_url"):
             advisor = ServedLLMAdvisor(actions=actions, **server_kwargs, **llm_kwargs)
-            advisor.server.stop = stop  # no retries after a Ctrl-C
         else:
             advisor = LLMAdvisor(actions=actions, **llm_kwargs)
         advisor.stop = stop
