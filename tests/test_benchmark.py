@@ -98,6 +98,13 @@ def test_study_tiny_preset_writes_accuracy_plot_and_table(tmp_path):
     assert "SmolLM2-135M 0.29 (measured on BabyAI-GoToLocal-v0)" in study
     assert "accuracy.png" in (tmp_path / "results.md").read_text()
 
+    # The study at a success-rate threshold instead (plot.py --tag eval/success_rate, benchmarks/study-gotolocal).
+    replot = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot.py"), str(tmp_path), "--tag",
+                             "eval/success_rate"], capture_output=True, text=True, timeout=120, cwd=outside_repo())
+    assert replot.returncode == 0, replot.stderr[-3000:]
+    study = (tmp_path / "study.md").read_text()
+    assert "## BabyAI-GoToObj-v0: threshold 0.9 (eval success)" in study and "policy: late return" in study
+
 
 def test_bench_fps_prints_a_ratio_per_run_and_a_median_per_script():
     # A smoke test of the tool on a tiny budget: it checks what is printed, never how fast anything is.

@@ -42,8 +42,9 @@ class Args:
     threshold: float = 0.9
     """frames to threshold: the first point of the curve at or above this value"""
     tag: str = "auto"
-    """scalar for the curves and frames to threshold; auto: eval/episodic_return (the actor alone, without the LLM)
-    where every run of an env has an eval curve (--eval-every), else charts/rolling_return"""
+    """scalar for the curves and frames to threshold (the accuracy study's too, with eval/episodic_return or
+    eval/success_rate); auto: eval/episodic_return (the actor alone, without the LLM) where every run of an env has an
+    eval curve (--eval-every), else charts/rolling_return"""
     model_accuracy: Optional[str] = None
     """accuracy study: JSON file of real models' top-1 agreement with the BabyAI bot (tools/advice_eval.py), drawn as
     dashed lines in accuracy.png: {"SmolLM2-135M": 0.29} for every level, or {"BabyAI-GoToLocal-v0": {"name": 0.29}}
@@ -57,9 +58,13 @@ VARIANT_ORDER = ["baseline", "policy+expert", "policy+llm", "policy+uniform", "p
                  "explore+llm", "explore+uniform", "explore+random"]
 TAG_LABELS = {
     "eval/episodic_return": "eval return, actor alone (no LLM)",
+    "eval/success_rate": "eval success rate, actor alone (no LLM)",
     "charts/rolling_return": "training return, last 100 episodes\n(policy with the adviser)",
 }
-TAG_SHORT = {"eval/episodic_return": "eval", "charts/rolling_return": "rolling"}
+TAG_SHORT = {"eval/episodic_return": "eval", "eval/success_rate": "eval success", "charts/rolling_return": "rolling"}
+# What the accuracy study can measure frames to (the actor alone's periodic evaluations); its late return, for the
+# 5% rule, is always the evaluation return.
+STUDY_TAGS = {"eval/episodic_return": "return", "eval/success_rate": "success rate"}
 
 
 def fail(message):
@@ -323,7 +328,7 @@ def study_data(train, tags, thresholds):
         baseline = [run for run in train if run["env_id"] == env and run["variant"] == "baseline"]
         base = [frames_to(run, tag, threshold) for run in baseline]
         base_mean = float(np.mean([frames for frames, _ in base])) if base else None
-        late = [late_return(run, tag, budgets[env]) for run in baseline]
+        late = [late_return(run, "eval/episodic_return", budgets[env]) for run in baseline]
         entry = dict(tag=tag, threshold=threshold, base_mean=base_mean, base=base,
                      base_returns=[r["eval_return"] for r in baseline if r.get("eval_return") is not None],
                      base_late=[value for value in late if value is not None], budget=max(budgets[env], 1), points={})
@@ -332,7 +337,7 @@ def study_data(train, tags, thresholds):
             if info is None:
                 continue
             point = entry["points"].setdefault(info, dict(frames=[], reached=[], returns=[], late=[], agreement=[]))
-            if (late := late_return(run, tag, budgets[env])) is not None:
+            if (late := late_return(run, "eval/episodic_return", budgets[env])) is not None:
                 point["late"].append(late)
             frames, reached = frames_to(run, tag, threshold)
             point["frames"].append(frames)
@@ -452,9 +457,10 @@ def plot_accuracy(data, markers, path):
                     ax.set_ylim(0, max(ax.get_ylim()[1], 1.1 * entry["budget"] / scale))  # room for the label
                 else:
                     ax.set_ylim(0, max(ax.get_ylim()[1], 1.5))
-                ylabel = (f"frames to eval return ≥ {entry['threshold']:g}\n/ baseline mean "
+                measure = STUDY_TAGS[entry["tag"]]
+                ylabel = (f"frames to eval {measure} ≥ {entry['threshold']:g}\n/ baseline mean "
                           f"({kframes(entry['base_mean'])})" if entry["base_mean"] else
-                          f"frames (k) to eval return ≥ {entry['threshold']:g}")
+                          f"frames (k) to eval {measure} ≥ {entry['threshold']:g}")
                 ax.set(title=f"{env}: frames to threshold, actor alone", ylabel=ylabel)
             else:
                 if entry["base_late"]:
@@ -519,8 +525,8 @@ def study_markdown(data, markers, name):
           "uniform adviser (no information) sits at p = 1/7, its top-1 agreement as tools/advice_eval.py counts it "
           "(ties split over the 7 actions). On levels with 3 allowed actions (GoTo*), chance among them is 1/3: a "
           "noisy expert below that is worse than a random guess among the sensible actions.", "",
-          "Frames to threshold: the first periodic evaluation of the actor alone (no adviser) with mean return at or "
-          "above the level's threshold; a run that never reached it counts at its budget, so the mean is then a "
+          "Frames to threshold: the first periodic evaluation of the actor alone (no adviser) with mean return (or "
+          "success rate, where the level's heading says *eval success*) at or above the level's threshold; a run that never reached it counts at its budget, so the mean is then a "
           "lower bound (≥; reached/seeds in brackets). Ratio: frames over the baseline's mean (counted the same "
           "way); < 1 means the adviser helped. Final return: the actor alone at the end of training. Late return: "
           f"the mean of its evaluations in the last {LATE_FRACTION:.0%} of the budget (less noisy than the final one "
@@ -568,9 +574,11 @@ def study_markdown(data, markers, name):
     return "\n".join(md)
 
 
-def study_thresholds(train, threshold, overrides=()):
-    """Per level: STUDY_THRESHOLDS, then ENV=VALUE overrides, else `threshold`."""
-    table = dict(STUDY_THRESHOLDS)
+def study_thresholds(train, threshold, overrides=(), tags=None):
+    """Per level: STUDY_THRESHOLDS (return thresholds: only where the level's tag is the eval return), then ENV=VALUE
+    overrides, else `threshold`."""
+    table = {env: value for env, value in STUDY_THRESHOLDS.items()
+             if tags is None or tags.get(env) == "eval/episodic_return"}
     for item in overrides:
         env, _, value = item.partition("=")
         try:
@@ -609,9 +617,9 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
                "Zero-shot: the trained actor on the new level as is; after fine-tune: evaluated at the end of "
                "fine-tuning there (the same variant's script and adviser).", "", *transfer_table(transfer), ""]
     # The accuracy study needs periodic evaluations of the actor alone (frames to threshold, late return).
-    if any(NOISY_VARIANT.fullmatch(run["variant"]) and tags[run["env_id"]] == "eval/episodic_return" for run in train):
+    if any(NOISY_VARIANT.fullmatch(run["variant"]) and tags[run["env_id"]] in STUDY_TAGS for run in train):
         table = load_model_accuracy(model_accuracy)
-        data = study_data(train, tags, study_thresholds(train, threshold, thresholds))
+        data = study_data(train, tags, study_thresholds(train, threshold, thresholds, tags))
         plot_accuracy(data, lambda env: model_markers(table, env), os.path.join(folder, "accuracy.png"))
         with open(os.path.join(folder, "study.md"), "w") as f:
             f.write(study_markdown(data, lambda env: model_markers(table, env), name))
