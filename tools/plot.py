@@ -102,13 +102,15 @@ def variant_rank(variant):
     return len(VARIANT_ORDER), 0.0, variant
 
 
-def variant_color(variant):
+def variant_color(variant, others=()):
     """Black for the baseline, tab10 by VARIANT_ORDER, noisy-expert variants by their accuracy (viridis: dark =
-    accurate)."""
+    accurate); the labels in `others` (those of a plot not in VARIANT_ORDER, e.g. baseline-lr5e-4) by their place there."""
     if variant == "baseline":
         return "black"
     if match := NOISY_VARIANT.fullmatch(variant):
         return plt.get_cmap("viridis")(0.85 * (1.0 - min(float(match.group(2)), 1.0)))
+    if variant in others:
+        return plt.get_cmap("tab10")((len(VARIANT_ORDER) + list(others).index(variant)) % 10)
     return plt.get_cmap("tab10")(variant_rank(variant)[0] % 10)
 
 
@@ -160,6 +162,7 @@ def mean_of(values, fmt):
 
 def plot_curves(train_groups, tags, threshold, path):
     envs = list(dict.fromkeys(env for env, _ in train_groups))
+    others = sorted({variant for _, variant in train_groups if variant_rank(variant)[0] == len(VARIANT_ORDER)})
     cols = min(len(envs), 3)
     rows = (len(envs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
@@ -170,7 +173,7 @@ def plot_curves(train_groups, tags, threshold, path):
             if curve is None:
                 continue
             frames, mean, std, seeds = curve
-            color = variant_color(variant)
+            color = variant_color(variant, others)
             marker = "o" if len(frames) <= 30 else None  # sparse eval points: show where they are
             style = "--" if variant.startswith("explore") else "-"  # the two families apart where colors are close
             label = f"{variant} ({seeds} seed{'s' * (seeds > 1)})"
