@@ -529,12 +529,12 @@ def study_markdown(data, markers, name):
           "(ties split over the 7 actions). On levels with 3 allowed actions (GoTo*), chance among them is 1/3: a "
           "noisy expert below that is worse than a random guess among the sensible actions.", "",
           "Frames to threshold: the first periodic evaluation of the actor alone (no adviser) with mean return (or "
-          "success rate, where the level's heading says *eval success*) at or above the level's threshold; a run that never reached it counts at its budget, so the mean is then a "
-          "lower bound (≥; reached/seeds in brackets). Ratio: frames over the baseline's mean (counted the same "
-          "way); < 1 means the adviser helped. Final return: the actor alone at the end of training. Late return: "
-          f"the mean of its evaluations in the last {LATE_FRACTION:.0%} of the budget (less noisy than the final one "
-          "alone). Measured agreement: how often the advice given during training was the bot's action (the "
-          "adviser's own count).", ""]
+          "success rate, where the level's heading says *eval success*) at or above the level's threshold; a run "
+          "that never reached it counts at its budget, so the mean is then a lower bound (≥; reached/seeds in "
+          "brackets). Ratio: frames over the baseline's mean (counted the same way); < 1 means the adviser helped. "
+          "Final return: the actor alone at the end of training. Late return: the mean of its evaluations in the last "
+          f"{LATE_FRACTION:.0%} of the budget (less noisy than the final one alone). Measured agreement: how often "
+          "the advice given during training was the bot's action (the adviser's own count).", ""]
     for env, entry in data.items():
         base = entry["base"]
         base_text = (f"baseline {kframes(entry['base_mean'])}"
@@ -577,11 +577,10 @@ def study_markdown(data, markers, name):
     return "\n".join(md)
 
 
-def study_thresholds(train, threshold, overrides=(), tags=None):
+def study_thresholds(train, threshold, tags, overrides=()):
     """Per level: STUDY_THRESHOLDS (return thresholds: only where the level's tag is the eval return), then ENV=VALUE
     overrides, else `threshold`."""
-    table = {env: value for env, value in STUDY_THRESHOLDS.items()
-             if tags is None or tags.get(env) == "eval/episodic_return"}
+    table = {env: value for env, value in STUDY_THRESHOLDS.items() if tags.get(env) == "eval/episodic_return"}
     for item in overrides:
         env, _, value = item.partition("=")
         try:
@@ -622,7 +621,7 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
     # The accuracy study needs periodic evaluations of the actor alone (frames to threshold, late return).
     if any(NOISY_VARIANT.fullmatch(run["variant"]) and tags[run["env_id"]] in STUDY_TAGS for run in train):
         table = load_model_accuracy(model_accuracy)
-        data = study_data(train, tags, study_thresholds(train, threshold, thresholds, tags))
+        data = study_data(train, tags, study_thresholds(train, threshold, tags, thresholds))
         plot_accuracy(data, lambda env: model_markers(table, env), os.path.join(folder, "accuracy.png"))
         with open(os.path.join(folder, "study.md"), "w") as f:
             f.write(study_markdown(data, lambda env: model_markers(table, env), name))
