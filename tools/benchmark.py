@@ -91,6 +91,7 @@ VARIANTS = {
     "baseline-lr5e-4-lambda0.99": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--gae-lambda", "0.99"]),
     "baseline-lr5e-4-steps128": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128"]),
     "baseline-lr5e-4-vf2": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--vf-coef", "2.0"]),
+    "baseline-lr5e-4-64envs": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-envs", "64"]),
     "explore+expert": ("ppo_llm_explore.py", ["--advisor", "expert"]),
     "explore+llm": ("ppo_llm_explore.py", ["--advisor", "llm"]),
     "explore+uniform": ("ppo_llm_explore.py", ["--advisor", "uniform"]),
@@ -345,6 +346,8 @@ PRESETS = {
                     [1, 2, 3], 300_000, 20, 32),
         *train_runs(["baseline-lr5e-4-steps128"], "BabyAI-GoToLocal-v0", [1, 2, 3], 300_000, 5, 32),
     ],
+    # Is it the rollout length or the batch? The same 2,048 frames per update as 128 steps x 16 envs, as 32 steps x 64 envs.
+    "agent-tuning-batch": train_runs(["baseline-lr5e-4-64envs"], "BabyAI-GoToLocal-v0", [1, 2, 3], 300_000, 5, 32),
     # The best of agent-tuning-credit at 300k (128-step rollouts) for the 1M frames (evaluations every 20,480 frames).
     "agent-tuning-credit-1m": train_runs(["baseline-lr5e-4-steps128"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 10, 32),
     # GoToLocal's best settings (agent-tuning-credit-1m) on PickupLoc, the 2M frames (the agent preset's schedule).
