@@ -106,19 +106,22 @@ def test_study_tiny_preset_writes_accuracy_plot_and_table(tmp_path):
     assert "## BabyAI-GoToObj-v0: threshold 0.9 (eval success)" in study and "policy: late return" in study
 
 
-def test_bench_fps_prints_a_ratio_per_run_and_a_median_per_script():
-    # A smoke test of the tool on a tiny budget: it checks what is printed, never how fast anything is.
+def test_bench_fps_prints_a_ratio_per_run_and_a_median_per_script_and_flags():
+    # A smoke test of the tool on a tiny budget: it checks what is printed, never how fast anything is. The same
+    # script with and without extra flags must stay two rows of the summary, not one median over both.
     command = [sys.executable, os.path.join(ROOT, "tools", "bench_fps.py"), "--raw-steps", "300",
-               "--total-timesteps", "512", "--repeats", "2"]
+               "--total-timesteps", "512", "--repeats", "2", "--scripts", "ppo_baseline.py", "ppo_baseline.py",
+               "--script-args=--no-memory"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=outside_repo())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run_rows = [line for line in result.stdout.splitlines() if line.startswith(("| 1 | ", "| 2 | "))]
-    assert len(run_rows) == 2 and all("ppo_baseline.py" in row for row in run_rows)
+    run_rows = [line for line in result.stdout.splitlines() if line.startswith(tuple(f"| {i} | " for i in range(1, 5)))]
+    assert [row.split("|")[2].strip() for row in run_rows] == ["ppo_baseline.py", "ppo_baseline.py --no-memory"] * 2
     for row in run_rows:
         fps, raw_around, ratio = row.split("|")[3:6]
         assert int(fps) > 0 and float(raw_around) > 0 and 0 < int(ratio.strip().rstrip("%")) <= 1000
-    median_row = next(line for line in result.stdout.splitlines() if line.startswith("| ppo_baseline.py | 2 | "))
-    assert median_row.split("|")[4].strip().endswith("%")
+    for label in ("ppo_baseline.py", "ppo_baseline.py --no-memory"):
+        median_row = next(line for line in result.stdout.splitlines() if line.startswith(f"| {label} | 2 | "))
+        assert median_row.split("|")[4].strip().endswith("%")
 
 
 def test_llm_base_url_reaches_every_llm_run_and_only_those(tmp_path):

@@ -124,18 +124,20 @@ if __name__ == "__main__":
     print(f"raw env ({args.env_id}, 1 env, random actions): {raw_speeds[0]:.0f} steps/s", flush=True)
     vector_before = raw_vector_env_steps_per_second(args.env_id, args.raw_steps, args.num_envs)
     print(f"vector env ({args.num_envs} envs, random actions): {vector_before:.0f} steps/s", flush=True)
-    results = []  # (script, fps, raw reference)
+    # A script is named with its extra flags, so the same script with and without them stays two rows of the summary.
+    labels = [script + (f" {args.script_args}" if i > 0 and args.script_args else "") for i, script in enumerate(args.scripts)]
+    results = []  # (label, fps, raw reference)
     with tempfile.TemporaryDirectory() as run_dir:
         for repeat in range(args.repeats):
-            for i, script in enumerate(args.scripts):
+            for i, (script, label) in enumerate(zip(args.scripts, labels)):
                 flags = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps)]
                 flags += ["--num-envs", str(args.num_envs), "--run-dir", run_dir, "--log-every", "1000000"]
                 flags += shlex.split(args.script_args) if i > 0 else []
                 fps, output = training_fps(script, flags)
                 raw_speeds.append(raw_env_steps_per_second(args.env_id, args.raw_steps))
-                results.append((script, fps, np.mean(raw_speeds[-2:])))
+                results.append((label, fps, np.mean(raw_speeds[-2:])))
                 adviser_lines = [line for line in output.splitlines() if line.startswith("LLM adviser")]
-                print(f"{script}: {fps} training FPS (raw env after it: {raw_speeds[-1]:.0f} steps/s)", *adviser_lines,
+                print(f"{label}: {fps} training FPS (raw env after it: {raw_speeds[-1]:.0f} steps/s)", *adviser_lines,
                       sep="\n    ", flush=True)
     vector_after = raw_vector_env_steps_per_second(args.env_id, args.raw_steps, args.num_envs)
     raw, vector = np.mean(raw_speeds), np.mean([vector_before, vector_after])
@@ -148,7 +150,7 @@ if __name__ == "__main__":
     if args.repeats > 1:
         print("\n| script | runs | median training FPS | median FPS / raw | lowest | highest |")
         print("|---|---|---|---|---|---|")
-        for script in dict.fromkeys(args.scripts):
+        for script in dict.fromkeys(labels):
             fps = [f for s, f, _ in results if s == script]
             ratios = [f / r for s, f, r in results if s == script]
             print(f"| {script} | {len(fps)} | {np.median(fps):.0f} | {np.median(ratios):.0%} | {min(ratios):.0%} | {max(ratios):.0%} |")
