@@ -58,6 +58,8 @@ class Args:
     """print a progress line every this many updates"""
     memory: bool = True
     """give the agent a GRU memory of past steps (recurrent PPO); a --checkpoint or --resume brings its own"""
+    patch_stride: int = 2
+    """stride of the 2x2 patch CNN over the view: 2 (4x4 patches) or 1 (7x7 overlapping windows: finer positions, slower)"""
 
     # Algorithm specific arguments
     env_id: str = "MiniGrid-DoorKey-5x5-v0"
@@ -178,7 +180,7 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    def __init__(self, n_actions, memory=True):
+    def __init__(self, n_actions, memory=True, patch_stride=2):
         super().__init__()
         # Cell values are categories (object 5 is not "more" than object 4). A multi-hot vector per cell (one slot per
         # object, color and state) times a linear layer is the sum of three embeddings, with a much cheaper backward
@@ -187,7 +189,9 @@ class Agent(nn.Module):
         self.register_buffer("channel_offsets", torch.tensor([0, 16, 32]))
         # The CNN: a 2x2 convolution with stride 2 (non-overlapping patches) over the view padded to 8x8, i.e. the same
         # 16 filters on each of the 4x4 patches, written as one linear layer on the reshaped grid: nn.Conv2d's per-call
-        # overhead dominates layers this small on CPU (README: benchmarks/fps).
+        # overhead dominates layers this small on CPU (README: benchmarks/fps). Stride 1 puts a window at every cell,
+        # so the agent knows where an object is to the cell, not to the patch.
+        self.patch_stride = patch_stride
         self.patch_conv = layer_init(nn.Linear(2 * 2 * 8, 16))
         # The mission as a bag of words: the levels benchmarked here are told apart by which words appear ("go to the
         # red ball"). Order-sensitive missions ("put A next to B") would need a GRU, at several times the cost.
@@ -195,7 +199,7 @@ class Agent(nn.Module):
         # FiLM (as in BabyAI's own agent): the mission scales and shifts each patch channel, so that the CNN itself looks
         # for what the mission names. Small initial weights: it starts as the plain CNN.
         self.film = layer_init(nn.Linear(32, 2 * 16), std=0.01)
-        features = 4 * 4 * 16 + 4 + 32
+        features = (4 * 4 if patch_stride == 2 else 7 * 7) * 16 + 4 + 32
         # The memory: a GRU over the steps of an episode (what was seen before it turned away), reset at episode ends.
         self.memory_size = MEMORY_SIZE if memory else 0
         if memory:
@@ -209,7 +213,11 @@ class Agent(nn.Module):
         cells = obs[:, :VIEW_CELLS].view(batch, 49, 3).long() + self.channel_offsets
         multi_hot = torch.zeros(batch, 49, 3 * 16, device=obs.device).scatter_(2, cells, 1.0)
         image = nn.functional.pad(self.cell_encoder(multi_hot).view(batch, 7, 7, -1), (0, 0, 0, 1, 0, 1))  # 8x8 cells
-        patches = image.view(batch, 4, 2, 4, 2, -1).transpose(2, 3).reshape(batch, 16, -1)  # 4x4 patches of 2x2 cells
+        if self.patch_stride == 2:
+            patches = image.view(batch, 4, 2, 4, 2, -1).transpose(2, 3).reshape(batch, 16, -1)  # 4x4 patches of 2x2 cells
+        else:  # the 2x2 window at each of the 7x7 cells: the four shifted grids side by side
+            windows = [image[:, :7, :7], image[:, 1:, :7], image[:, :7, 1:], image[:, 1:, 1:]]
+            patches = torch.cat(windows, dim=3).reshape(batch, 49, -1)
         direction = torch.zeros(batch, 4, device=obs.device).scatter_(1, obs[:, VIEW_CELLS : VIEW_CELLS + 1].long(), 1.0)
         words = torch.zeros(batch, len(MISSION_WORDS) + 2, device=obs.device).scatter_(1, obs[:, VIEW_CELLS + 1 :].long(), 1.0)
         words[:, PAD_ID] = 0.0
@@ -387,6 +395,8 @@ def check_args(args):
     for name in ["total_timesteps", "eval_episodes"]:
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.patch_stride not in (1, 2):
+        fail(f"--patch-stride must be 1 or 2, got {args.patch_stride}")
     if args.learning_rate <= 0 or args.clip_coef <= 0 or args.max_grad_norm <= 0:
         fail("--learning-rate, --clip-coef and --max-grad-norm must be positive")
     if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
@@ -415,7 +425,8 @@ def check_args(args):
     if args.checkpoint is not None or args.resume is not None:
         checkpoint = read_checkpoint(args.checkpoint or args.resume, "--checkpoint" if args.checkpoint else "--resume")
         args.memory = bool(checkpoint["args"].get("memory", True))  # the agent is built as it was trained
-        expected = {name: tuple(value.shape) for name, value in Agent(n_actions, args.memory).state_dict().items()}
+        args.patch_stride = int(checkpoint["args"].get("patch_stride", 2))
+        expected = {name: tuple(value.shape) for name, value in Agent(n_actions, args.memory, args.patch_stride).state_dict().items()}
         shapes = {name: tuple(getattr(value, "shape", ())) for name, value in dict(checkpoint["model"]).items()}
         trained_actions = shapes.get("actor.2.weight", (None,))[0]
         if trained_actions != n_actions and trained_actions is not None:
@@ -475,7 +486,7 @@ if __name__ == "__main__":
     envs = make_vector_env(args.env_id, args.num_envs, asynchronous=args.async_envs)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
 
-    agent = Agent(envs.single_action_space.n, args.memory).to(device)
+    agent = Agent(envs.single_action_space.n, args.memory, args.patch_stride).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])

@@ -93,6 +93,23 @@ def test_the_memory_is_a_gru_reset_where_an_episode_starts():
     assert torch.allclose(last[:2], other_last[:2], atol=1e-6) and not torch.allclose(last[2], other_last[2])
 
 
+def test_stride_one_puts_a_2x2_window_at_every_cell():
+    """With --patch-stride 1 a cell of the view reaches exactly the (up to 4) windows that cover it."""
+    torch.manual_seed(0)
+    agent = baseline.Agent(7, patch_stride=1)
+    obs = observations("BabyAI-GoToLocal-v0", [0])
+    channels = 16
+    for x, y in [(0, 0), (3, 3), (6, 2)]:
+        other = obs.clone()
+        cell = (x * 7 + y) * 3
+        other[0, cell : cell + 3] = torch.tensor([6, 3, 0]) if other[0, cell] != 6 else torch.tensor([5, 1, 0])
+        with torch.no_grad():
+            windows = [agent.features(o)[0, : 49 * channels].view(7, 7, channels) for o in (obs, other)]
+        changed = {(a, b) for a in range(7) for b in range(7) if not torch.equal(windows[0][a, b], windows[1][a, b])}
+        covering = {(a, b) for a in (x - 1, x) for b in (y - 1, y) if 0 <= a < 7 and 0 <= b < 7}
+        assert changed == covering, (x, y, changed)
+
+
 def test_the_memoryless_agent_has_no_gru():
     agent = baseline.Agent(7, memory=False)
     assert not any(name.startswith("memory.") for name in agent.state_dict())
@@ -149,13 +166,16 @@ def test_fine_tune_continues_from_a_checkpoint(trained, tmp_path):
     assert "loaded" in result.stdout and "frames 256" in result.stdout
 
 
-def test_the_memory_flag_follows_the_checkpoint(tmp_path):
+def test_the_memory_and_patch_flags_follow_the_checkpoint(tmp_path):
     run_dir = tmp_path / "runs"
-    result = run_script("--no-memory", "--total-timesteps", "256", "--save-model", "--run-dir", str(run_dir), *TINY)
+    result = run_script("--no-memory", "--patch-stride", "1", "--total-timesteps", "256", "--save-model", "--run-dir",
+                        str(run_dir), *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint_path = os.path.join(only_run(str(run_dir)), "agent.pt")
-    assert not any(name.startswith("memory.") for name in torch.load(checkpoint_path, weights_only=True)["model"])
-    # evaluated without --no-memory: the agent is built as it was trained
+    model = torch.load(checkpoint_path, weights_only=True)["model"]
+    assert not any(name.startswith("memory.") for name in model)
+    assert model["actor.0.weight"].shape[1] == 7 * 7 * 16 + 4 + 32  # a feature per window at each of the 7x7 cells
+    # evaluated without --no-memory and --patch-stride: the agent is built as it was trained
     result = run_script("--checkpoint", checkpoint_path, "--eval-episodes", "2", "--run-dir", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "success rate" in result.stdout
@@ -179,6 +199,23 @@ def test_a_checkpoint_of_the_earlier_agent_gets_one_clear_line(trained, tmp_path
     assert not os.path.exists(tmp_path / "runs")
 
 
+def test_actor_vs_bot_splits_episodes_by_the_target_in_view(trained):
+    """tools/actor_vs_bot.py: the trained actor and the BabyAI bot on the same GoToLocal episodes."""
+    _, run_path = trained
+    tool = os.path.join(ROOT, "tools", "actor_vs_bot.py")
+    result = subprocess.run([sys.executable, tool, run_path, "--episodes", "6", "--argmax"], capture_output=True,
+                            text=True, timeout=300, cwd=outside_repo())
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
+            if line.startswith("| target") or line.startswith("| all")}
+    assert int(rows["all"][0]) == 6 and sum(int(rows[name][0]) for name in rows if name != "all") == 6
+    for cells in rows.values():
+        assert 0 <= float(cells[1]) <= 1 and abs(sum(float(share) for share in cells[4:]) - 1) < 0.01
+    bad = subprocess.run([sys.executable, tool, run_path, "--env-id", "MiniGrid-DoorKey-5x5-v0"], capture_output=True,
+                         text=True, timeout=120, cwd=outside_repo())
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "GoTo level" in bad.stderr
+
+
 def test_same_seed_gives_the_same_learning_curve(tmp_path):
     curves = []
     for attempt in range(2):
@@ -199,6 +236,7 @@ def test_same_seed_gives_the_same_learning_curve(tmp_path):
         (["--num-minibatches", "3"], "--num-envs 16 must divide by --num-minibatches 3"),
         (["--checkpoint", "/nonexistent/agent.pt", "--eval-episodes", "2"], "does not exist"),
         (["--capture-video"], "add --eval-episodes N"),
+        (["--patch-stride", "3"], "--patch-stride must be 1 or 2"),
     ],
 )
 def test_bad_input_gives_one_clear_line(flags, message, tmp_path):

@@ -95,6 +95,7 @@ VARIANTS = {
     "baseline-lr5e-4-steps256": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "256"]),
     "baseline-lr5e-4-steps128-gamma0.95": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--gamma", "0.95"]),
     "baseline-lr5e-4-steps128-gamma0.9": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--gamma", "0.9"]),
+    "baseline-lr5e-4-steps128-stride1": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--patch-stride", "1"]),
     "explore+expert": ("ppo_llm_explore.py", ["--advisor", "expert"]),
     "explore+llm": ("ppo_llm_explore.py", ["--advisor", "llm"]),
     "explore+uniform": ("ppo_llm_explore.py", ["--advisor", "uniform"]),
@@ -360,6 +361,10 @@ PRESETS = {
     # makes every extra step cost more than the level's own 1.4% per step; on top of agent-tuning-credit's best, 300k.
     "agent-tuning-gamma": train_runs(["baseline-lr5e-4-steps128-gamma0.95", "baseline-lr5e-4-steps128-gamma0.9"],
                                      "BabyAI-GoToLocal-v0", [1, 2, 3], 300_000, 5, 32),
+    # GoToLocal's actor fails or detours even when the target is in view at the start: a CNN window at every cell
+    # (--patch-stride 1) instead of 4x4 patches, on top of agent-tuning-credit's best, for the 1M frames.
+    "agent-tuning-stride1-1m": train_runs(["baseline-lr5e-4-steps128-stride1"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000,
+                                          10, 32),
     # GoToLocal's best settings (agent-tuning-credit-1m) on PickupLoc, the 2M frames (the agent preset's schedule).
     "agent-tuning-credit-pickuploc": train_runs(["baseline-lr5e-4-steps128"], "BabyAI-PickupLoc-v0", [1, 2, 3], 2_000_000,
                                                 20, 32),
