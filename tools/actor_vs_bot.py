@@ -8,8 +8,6 @@ per group: the actor's success rate, the mean length of its successes and of the
 share of each action the actor took. GoTo levels only (the "target in view" split needs one named object).
 """
 
-import contextlib
-import io
 import os
 import sys
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ppo_baseline  # noqa: E402  (the three scripts share this agent and observation)
+import prompts  # noqa: E402  (its BabyAIBotWrapper runs the bot, as for the expert adviser)
 
 
 @dataclass
@@ -47,7 +46,7 @@ def fail(message):
 
 
 def target_in_view(level):
-    grid, visible = level.gen_obs_grid()
+    _, visible = level.gen_obs_grid()
     for x, y in level.instrs.desc.obj_poss:
         view = level.relative_coords(x, y)
         if view is not None and visible[view[0], view[1]]:
@@ -72,14 +71,11 @@ def play_actor(agent, env, seed, argmax):
 
 
 def play_bot(env, seed):
-    from minigrid.utils.baby_ai_bot import BabyAIBot
-
-    with contextlib.redirect_stdout(io.StringIO()):  # BabyAI prints "Sampling rejected" while generating
-        env.reset(seed=seed)
-    bot, action, length, finished = BabyAIBot(env.unwrapped), None, 0, False
-    while not finished:
-        action = bot.replan(action)
-        _, _, terminated, truncated, _ = env.step(action)
+    """The bot's episode length on the level of `seed` (env: a BabyAIBotWrapper; it stops where the bot gives up)."""
+    _, info = env.reset(seed=seed)
+    length, finished = 0, False
+    while not finished and info["expert_action"] >= 0:
+        _, _, terminated, truncated, info = env.step(info["expert_action"])
         length, finished = length + 1, terminated or truncated
     return length
 
@@ -103,7 +99,7 @@ def main():
         fail(f"{args.checkpoint} holds another network than this version's agent: train a new agent")
     agent.eval()
     torch.manual_seed(args.first_seed)
-    bot_env = gym.make(args.env_id)
+    bot_env = prompts.BabyAIBotWrapper(gym.make(args.env_id))
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.episodes):
         rows.append((*play_actor(agent, env, seed, args.argmax), play_bot(bot_env, seed)))
@@ -117,7 +113,7 @@ def main():
     print("| episodes | count | actor success | actor steps per success | bot steps, same episodes | "
           + " | ".join(ACTIONS) + " |")
     print("|---" * (5 + len(ACTIONS)) + "|")
-    for name, group in [("target in the first view", in_view), ("target not in view", ~in_view), ("all", in_view | True)]:
+    for name, group in [("target in the first view", in_view), ("target not in view", ~in_view), ("all", np.ones_like(in_view))]:
         if not group.any():
             continue
         won = group & success
