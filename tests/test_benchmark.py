@@ -46,6 +46,14 @@ def test_tiny_preset_runs_plots_and_resumes(tmp_path):
         if run["kind"] == "train":
             assert f"| {run['env_id']} | {run['variant']} | 1 |" in table
     assert "## Zero-shot" in table and "## Transfer" in table
+    # The saved checkpoint evaluated again, sampled and argmax, on the same levels: one row each.
+    for mode in ["sampled", "argmax"]:
+        assert f"| MiniGrid-DoorKey-5x5-v0 | baseline | {mode} | 1 | 3 |" in table
+    argmax_run = next(run for run in runs if run["kind"] == "reeval" and run["eval_mode"] == "argmax")
+    with open(tmp_path / "runs" / argmax_run["key"] / "result.json") as f:
+        argmax_result = json.load(f)
+    assert "--eval-argmax" in argmax_result["command"] and "agent.pt" in argmax_result["command"]
+    assert argmax_result["eval_episodes"] == 3
 
     # A second invocation finds every result.json and runs nothing.
     second, seconds = run_benchmark(tmp_path)

@@ -96,6 +96,9 @@ VARIANTS = {
     "baseline-lr5e-4-steps128-gamma0.95": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--gamma", "0.95"]),
     "baseline-lr5e-4-steps128-gamma0.9": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--gamma", "0.9"]),
     "baseline-lr5e-4-steps128-stride1": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--patch-stride", "1"]),
+    "baseline-lr5e-4-steps128-stride1-gamma0.95": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128",
+                                                                     "--patch-stride", "1", "--gamma", "0.95"]),
+    "baseline-lr1e-3-steps128-stride1": ("ppo_baseline.py", ["--learning-rate", "1e-3", "--num-steps", "128", "--patch-stride", "1"]),
     "explore+expert": ("ppo_llm_explore.py", ["--advisor", "expert"]),
     "explore+llm": ("ppo_llm_explore.py", ["--advisor", "llm"]),
     "explore+uniform": ("ppo_llm_explore.py", ["--advisor", "uniform"]),
@@ -158,6 +161,20 @@ def transfer_runs(variants, source, target, seeds, frames, fine_tune_frames, eva
         runs.append(common | dict(key=f"{name}__finetune", kind="transfer-finetune", flags=[
             "--checkpoint", CHECKPOINT, "--fine-tune", "--total-timesteps", str(fine_tune_frames), "--eval-every",
             str(eval_every), "--eval-episodes", str(eval_episodes), *extra, *variant_flags]))
+    return runs
+
+
+def reeval_runs(train, episodes):
+    """Each training run's final checkpoint (the run needs --save-model) evaluated again over `episodes` episodes, on
+    the same levels twice: sampled from its policy, as the periodic evaluations are, and its most probable action
+    (--eval-argmax), as BabyAI's own training script validates its agents."""
+    runs = []
+    for run in train:
+        _, variant_flags = VARIANTS[run["variant"]]
+        for mode, argmax in [("sampled", []), ("argmax", ["--eval-argmax"])]:
+            runs.append(dict(key=f"{run['key']}__eval-{mode}", kind="reeval", eval_mode=mode, script=run["script"],
+                             variant=run["variant"], env_id=run["env_id"], seed=run["seed"], after=run["key"],
+                             flags=["--checkpoint", CHECKPOINT, "--eval-episodes", str(episodes), *argmax, *variant_flags]))
     return runs
 
 
@@ -240,10 +257,15 @@ GUIDED = ["baseline", "policy+expert", "policy+llm", "policy+uniform", "explore+
 STUDY_ACCURACIES = [1.0, 0.8, 0.6, 0.4, 0.25]
 # 8 envs x 32 steps = 256 frames per update: more updates (and eval points) out of the tiny preset's 2048 frames.
 TINY = ["--num-envs", "8", "--num-minibatches", "2", "--update-epochs", "2"]
+TINY_TRANSFER = transfer_runs(["baseline"], "MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0", [1], 2048, 1024, 4, 3, TINY)
+# GoToLocal's best flags (agent-tuning-stride1-1m) again, with their checkpoints, for a longer evaluation of each.
+STRIDE1_SAVED = train_runs(["baseline-lr5e-4-steps128-stride1"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 10, 32,
+                           ["--save-model"])
 PRESETS = {
     # For the test: about a minute on 2 cores, every kind of run once.
     "tiny": [
-        *transfer_runs(["baseline"], "MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0", [1], 2048, 1024, 4, 3, TINY),
+        *TINY_TRANSFER,
+        *reeval_runs(TINY_TRANSFER[:1], 3),
         *train_runs(["policy+llm"], "MiniGrid-DoorKey-5x5-v0", [1], 2048, 4, 3, TINY),
         *zeroshot_runs(["llm"], "MiniGrid-DoorKey-5x5-v0", 2, extra=["--num-envs", "2"]),
     ],
@@ -372,6 +394,13 @@ PRESETS = {
     # script's subgoal bonus (uniform ranking, and SmolLM2's) on the agent preset's 8x8 schedule, 6 seeds, and the baseline.
     "agent-doorkey8x8-explore": train_runs(["baseline", "explore+uniform", "explore+llm"], "MiniGrid-DoorKey-8x8-v0",
                                            [1, 2, 3, 4, 5, 6], 300_000, 20, 32),
+    # The same runs as agent-tuning-stride1-1m (same seeds, same curves) saving agent.pt, then 500 evaluation episodes
+    # of each final actor, sampled and argmax: is the return short because of the path or because of the sampling?
+    "agent-tuning-argmax-1m": [*STRIDE1_SAVED, *reeval_runs(STRIDE1_SAVED, 500)],
+    # The paths, not the sampling, keep GoToLocal's return short (agent-tuning-argmax-1m): a shorter discount horizon,
+    # where each step costs more, and a larger step size, which leaves more of the 1M frames to shorten them.
+    "agent-tuning-stride1-more-1m": train_runs(["baseline-lr5e-4-steps128-stride1-gamma0.95", "baseline-lr1e-3-steps128-stride1"],
+                                               "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 10, 32, ["--save-model"]),
     # The study's one breach of the 5% rule with this agent (GoToObj, the action bonus at p = 0.6, one seed of three
     # at 0.636) measured again: 6 other seeds, one final evaluation of 500 episodes each, and the baseline beside it.
     "study-check-gotoobj": [run for run in study_runs("BabyAI-GoToObj-v0", [0.6], [4, 5, 6, 7, 8, 9], 40_000, 0, 500)

@@ -238,6 +238,24 @@ def transfer_table(runs):
     return lines
 
 
+def reeval_table(runs):
+    """Final checkpoints evaluated again (tools/benchmark.py reeval_runs): one row per env, variant and action choice."""
+    lines = ["| env | variant | actions | seeds | episodes per seed | success rate, per seed | return, per seed "
+             "| return (mean ± std) | mean length |", "|---|---|---|---|---|---|---|---|---|"]
+    for (env, variant, mode), group_runs in group(runs, ["env_id", "variant", "eval_mode"]).items():
+        group_runs = sorted(group_runs, key=lambda r: r["seed"])
+
+        def per_seed(field):
+            return " / ".join("-" if r.get(field) is None else f"{r[field]:.3f}" for r in group_runs)
+
+        lines.append(f"| {env} | {variant} | {mode} | {len(group_runs)} "
+                     f"| {mean_of([r.get('eval_episodes') for r in group_runs], '.0f')} "
+                     f"| {per_seed('eval_success')} | {per_seed('eval_return')} "
+                     f"| {mean_std([r.get('eval_return') for r in group_runs])} "
+                     f"| {mean_of([r.get('eval_length') for r in group_runs], '.1f')} |")
+    return lines
+
+
 # -----------------------------------------------------------------------------------------------------
 # Accuracy study (issue 8: how good must the LLM be to help?): accuracy.png and study.md
 # -----------------------------------------------------------------------------------------------------
@@ -618,6 +636,12 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
         md += ["## Transfer: a checkpoint evaluated on another level, then fine-tuned there", "",
                "Zero-shot: the trained actor on the new level as is; after fine-tune: evaluated at the end of "
                "fine-tuning there (the same variant's script and adviser).", "", *transfer_table(transfer), ""]
+    reeval = [run for run in runs if run["kind"] == "reeval"]
+    if reeval:
+        md += ["## The final checkpoints evaluated again", "",
+               "Each training run's agent.pt alone over more episodes, the same levels for both rows: sampled from its "
+               "policy, as the curves' evaluations are, and its most probable action (`--eval-argmax`, as BabyAI's own "
+               "training script validates).", "", *reeval_table(reeval), ""]
     # The accuracy study needs periodic evaluations of the actor alone (frames to threshold, late return).
     if any(NOISY_VARIANT.fullmatch(run["variant"]) and tags[run["env_id"]] in STUDY_TAGS for run in train):
         table = load_model_accuracy(model_accuracy)
