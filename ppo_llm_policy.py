@@ -3,13 +3,11 @@
 # The acting policy is a product of experts, logits = actor_logits + coef_t * log p_LLM(a|s), with coef_t annealed
 # to 0 so that the final actor needs no LLM. Docs: README.md. Run `python ppo_llm_policy.py --help` for every flag.
 import contextlib
-import difflib
+import functools
 import io
 import os
 import random
 import re
-import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -21,15 +19,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.optim as optim
-import tyro
 from torch.distributions.categorical import Categorical
-from torch.utils.tensorboard import SummaryWriter
 
+from llmppo import runs
+from llmppo.evaluation import evaluate
 import prompts
 
 
 @dataclass
-class Args:
+class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoints, evaluation
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (the first part of the run name)"""
     seed: int = 1
@@ -40,26 +38,6 @@ class Args:
     """train on CUDA if available (the networks are tiny: the CPU is usually as fast)"""
     torch_threads: int = 1
     """torch CPU threads; 1 is fastest for these small networks and avoids fighting the env workers"""
-    run_dir: str = "runs"
-    """TensorBoard logs and checkpoints go to <run-dir>/<run-name>/"""
-    save_model: bool = False
-    """save a checkpoint (weights, optimizer, args) to <run-dir>/<run-name>/agent.pt at the end (Ctrl-C always saves)"""
-    resume: Optional[str] = None
-    """continue an interrupted run from its agent.pt (or run folder): same folder, flags, frame count, schedules, optimizer"""
-    checkpoint: Optional[str] = None
-    """load the agent from this checkpoint; with --eval-episodes N and no --fine-tune it is only evaluated"""
-    fine_tune: bool = False
-    """start a new run from the agent in --checkpoint (weights, optimizer), e.g. on another env, for --total-timesteps frames"""
-    eval_episodes: int = 0
-    """episodes to evaluate the agent at the end (the actor alone, without the LLM, sampled); 0 skips evaluation"""
-    eval_every: int = 0
-    """also evaluate every this many updates during training (needs --eval-episodes; 0: only at the end)"""
-    eval_argmax: bool = False
-    """evaluate with the most probable action instead of sampling"""
-    capture_video: bool = False
-    """save GIFs of up to 3 evaluation episodes to <run-dir>/<run-name>/videos/ (needs --eval-episodes > 0)"""
-    log_every: int = 5
-    """print a progress line every this many updates"""
     memory: bool = True
     """give the agent a GRU memory of past steps (recurrent PPO); a --checkpoint or --resume brings its own"""
     patch_stride: int = 2
@@ -330,234 +308,10 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), actor_entropy, self.critic(hidden), memory_state, actor_logits
 
 
-def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, video_dir=None, stop=lambda: False,
-             advisor=None):
-    """Run the agent alone (or, given an adviser, the adviser alone) for exactly `episodes` episodes;
-    returns (mean return, success rate, mean length), or None when `stop()` turns true first (Ctrl-C)."""
-    num_envs = min(num_envs, episodes)
-    expert = isinstance(advisor, (prompts.ExpertAdvisor, prompts.NoisyExpertAdvisor))
-    envs = make_vector_env(env_id, num_envs, render=video_dir is not None, expert=expert)
-    # Each env plays a fixed quota, so slow (failing) episodes are not cut off in favour of quick successes.
-    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
-    returns, lengths, gif_frames, gifs_saved = [], [], [], 0
-    obs, infos = envs.reset(seed=seed)
-    memory_state, done = agent.initial_memory(num_envs, device) if agent is not None else None, torch.zeros(num_envs, device=device)
-    text_cache = {}
-    while quota.sum() > 0:
-        if stop():
-            envs.close()
-            return None
-        if video_dir is not None and gifs_saved < 3:
-            gif_frames.append(envs.unwrapped.envs[0].render())
-        if advisor is not None:
-            expert_actions = prompts.expert_actions_from_infos(infos, num_envs)
-            probs = advisor.action_probs(prompts.observation_texts(obs, text_cache, MISSION_WORDS), expert_actions)
-            logits = torch.as_tensor(np.log(prompts.env_probs(probs, envs.single_action_space.n)))
-        else:
-            with torch.no_grad():  # the actor carries its memory from step to step, like in training
-                hidden, memory_state = agent.get_states(torch.as_tensor(obs, device=device), memory_state, done)
-                logits = agent.actor(hidden)
-        action = logits.argmax(1) if argmax else Categorical(logits=logits, validate_args=False).sample()
-        obs, _, terminations, truncations, infos = envs.step(action.cpu().numpy())
-        done = torch.as_tensor(np.logical_or(terminations, truncations), dtype=torch.float32, device=device)
-        for i in np.flatnonzero(infos.get("_episode", [])):
-            if i == 0 and video_dir is not None and gifs_saved < 3:
-                save_gif(gif_frames, os.path.join(video_dir, f"episode_{gifs_saved}.gif"))
-                gif_frames, gifs_saved = [], gifs_saved + 1
-            if quota[i] > 0:
-                quota[i] -= 1
-                returns.append(float(infos["episode"]["r"][i]))
-                lengths.append(int(infos["episode"]["l"][i]))
-    envs.close()
-    returns = np.array(returns)
-    return returns.mean(), (returns > 0).mean(), np.mean(lengths)
-
-
-def save_gif(frames, path):
-    from PIL import Image
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=150, loop=0)
-
-
-def save_checkpoint(path, agent, optimizer, args, global_step, iteration):
-    """Weights, optimizer, args, and what --resume needs: the updates done and the random streams."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    checkpoint = {"model": agent.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args)}
-    numpy_state = np.random.get_state()
-    rng = {"torch": torch.get_rng_state(), "random": random.getstate(),
-           "numpy": [numpy_state[0], torch.as_tensor(numpy_state[1].astype(np.int64)), *numpy_state[2:]]}
-    checkpoint |= {"global_step": global_step, "iteration": iteration, "script": os.path.basename(__file__), "rng": rng}
-    # Write a temporary file, then rename: a Ctrl-C or a full disk must not leave half of an earlier agent.pt.
-    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        torch.save(checkpoint, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    print(f"saved checkpoint {path}")
-
-
-def restore_rng_state(rng):
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["random"])
-    name, keys, *rest = rng["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-
-
-def fail(message):
-    """Bad input gets one clear line on stderr and exit code 2, before any work starts."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def checkpoint_file(path):
-    return os.path.join(path, "agent.pt") if os.path.isdir(path) else path
-
-
-def read_checkpoint(path, flag):
-    """The checkpoint written by save_checkpoint at `path` (a run folder means its agent.pt), or one line on what is wrong."""
-    path = checkpoint_file(path)
-    if not os.path.isfile(path):
-        fail(f"{flag} {path} does not exist (checkpoints are written with --save-model, and by Ctrl-C)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as error:
-        fail(f"cannot read {flag} {path}: {error.strerror or error}")
-    except Exception:  # torch's own messages differ for each kind of damage, and some give unsafe advice
-        checkpoint = None
-    keys = {"model", "optimizer", "args", "global_step"}
-    if not (isinstance(checkpoint, dict) and keys <= checkpoint.keys() and isinstance(checkpoint["model"], dict)
-            and isinstance(checkpoint["args"], dict) and "env_id" in checkpoint["args"]):
-        fail(f"{flag} {path} is not a checkpoint of these scripts (truncated or another file); pass an agent.pt "
-             "written by --save-model or Ctrl-C")
-    return checkpoint
-
-
-def writable_folder_error(path, flag):
-    """None if `path` is, or can be made, a folder this process can write; else one line saying why not."""
-    existing = os.path.abspath(os.path.expanduser(path))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        return f"{flag} {path}: {existing} is a file, not a folder; pass a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{flag} {path}: {existing} is not writable; pass a folder you can write to"
-    return None
-
-
-def resumed_args(path):
-    """The flags of the run that wrote checkpoint `path`, to continue it (flags given again on the command line win)."""
-    checkpoint = read_checkpoint(path, "--resume")
-    if "iteration" not in checkpoint or checkpoint.get("script") != os.path.basename(__file__):
-        fail(f"--resume {path} was not written by {os.path.basename(__file__)} with --resume support; train from it "
-             "in a new run with --checkpoint PATH --fine-tune")
-    saved = {key: value for key, value in checkpoint["args"].items() if key in Args.__dataclass_fields__}
-    # --save-model: the run folder's agent.pt must not stay behind at the interruption once the run has finished
-    return Args(**saved | {"resume": path, "checkpoint": None, "fine_tune": False, "save_model": True})
-
-
-def check_args(args):
-    """Bad input gets one clear line on stderr and exit code 2, before any work starts. Returns the checkpoint to load
-    (--checkpoint or --resume), if any."""
-    known_ids = [env_id for env_id in gym.registry if env_id.startswith(("MiniGrid-", "BabyAI-"))]
-    if args.env_id not in known_ids:
-        close = difflib.get_close_matches(args.env_id, known_ids, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else "MiniGrid-DoorKey-5x5-v0 or BabyAI-GoToLocal-v0 are examples."
-        fail(f"unknown --env-id '{args.env_id}': use a MiniGrid-* or BabyAI-* id; {hint}")
-    for name in ["num_envs", "num_steps", "num_minibatches", "update_epochs", "log_every", "torch_threads"]:
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ["total_timesteps", "eval_episodes"]:
-        if getattr(args, name) < 0:
-            fail(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    if args.patch_stride not in (1, 2):
-        fail(f"--patch-stride must be 1 or 2, got {args.patch_stride}")
-    if args.learning_rate <= 0 or args.clip_coef <= 0 or args.max_grad_norm <= 0:
-        fail("--learning-rate, --clip-coef and --max-grad-norm must be positive")
-    if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
-        fail(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {args.gamma} and {args.gae_lambda}")
-    if args.resume is not None and (args.checkpoint is not None or args.fine_tune):
-        fail("--resume continues a run; --checkpoint PATH --fine-tune starts a new one from a checkpoint: use one of them")
-    if args.checkpoint is not None and not args.fine_tune and args.eval_episodes == 0:
-        fail("--checkpoint given: add --eval-episodes N to evaluate it, or --fine-tune to train it further")
-    if args.fine_tune and args.checkpoint is None:
-        fail("--fine-tune needs --checkpoint PATH")
-    if args.eval_every < 0 or (args.eval_every > 0 and args.eval_episodes == 0):
-        fail("--eval-every N needs --eval-episodes M (and N must be 0 or more)")
-    if args.capture_video and args.eval_episodes == 0:
-        fail("--capture-video records evaluation episodes: add --eval-episodes N")
-    if (message := prompts.llm_flag_error(args)):
-        fail(message)
-    if args.llm_coef < 0 or args.distill_coef < 0 or not 0 < args.llm_anneal_frac <= 1:
-        fail("--llm-coef and --distill-coef must be 0 or more, and --llm-anneal-frac in (0, 1]")
-    if args.llm_query_every < 1 or args.llm_max_queries < 0:
-        fail("--llm-query-every must be at least 1 and --llm-max-queries 0 (no limit) or more")
-    if args.llm_only and args.eval_episodes == 0:
-        fail("--llm-only plays the adviser as the policy: add --eval-episodes N")
-    run_parent = os.path.dirname(os.path.abspath(checkpoint_file(args.resume))) if args.resume else args.run_dir
-    if (message := writable_folder_error(run_parent, "--resume" if args.resume else "--run-dir")):
-        fail(message)
-    try:
-        env = make_env(args.env_id)()
-        env.reset(seed=args.seed)  # some envs need an optional dependency only here
-        n_actions = env.action_space.n
-        env.close()
-    except Exception as error:
-        fail(f"cannot create {args.env_id}: {str(error).splitlines()[0]}")
-    checkpoint = None
-    if args.checkpoint is not None or args.resume is not None:
-        checkpoint = read_checkpoint(args.checkpoint or args.resume, "--checkpoint" if args.checkpoint else "--resume")
-        args.memory = bool(checkpoint["args"].get("memory", True))  # the agent is built as it was trained
-        args.patch_stride = int(checkpoint["args"].get("patch_stride", 2))
-        expected = {name: tuple(value.shape) for name, value in Agent(n_actions, args.memory, args.patch_stride).state_dict().items()}
-        shapes = {name: tuple(getattr(value, "shape", ())) for name, value in dict(checkpoint["model"]).items()}
-        trained_actions = shapes.get("actor.2.weight", (None,))[0]
-        if trained_actions != n_actions and trained_actions is not None:
-            fail(f"{args.checkpoint or args.resume} was trained on an env with {trained_actions} actions, {args.env_id} "
-                 f"has {n_actions}: evaluate or fine-tune it on an env with {trained_actions} actions")
-        if "film.weight" not in shapes:
-            fail(f"{args.checkpoint or args.resume} holds the earlier agent (no mission-conditioned CNN, no memory), which "
-                 "this script no longer builds: train a new agent")
-        if shapes != expected:
-            fail(f"{args.checkpoint or args.resume} holds another network than this script's (written by another "
-                 "version of it?): train a new agent")
-    if args.resume is not None:
-        for name in ["env_id", "num_envs", "num_steps"]:
-            if getattr(args, name) != checkpoint["args"][name]:
-                fail(f"--resume continues the run with its --{name.replace('_', '-')} {checkpoint['args'][name]}; to "
-                     "train on something else, start a new run with --checkpoint PATH --fine-tune")
-        if checkpoint["iteration"] >= args.total_timesteps // (args.num_envs * args.num_steps):
-            fail(f"--resume {args.resume}: the run already did all its {checkpoint['iteration']} updates; evaluate it "
-                 "with --checkpoint PATH --eval-episodes N, or pass a larger --total-timesteps to train it further")
-    return checkpoint
-
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    if args.resume is not None:  # the interrupted run's flags; any given again on this command line win
-        args = tyro.cli(Args, default=resumed_args(args.resume))
-    checkpoint = check_args(args)
-    train = (args.checkpoint is None or args.fine_tune) and not args.llm_only
-    args.batch_size = int(args.num_envs * args.num_steps)
-    args.minibatch_size = int(args.batch_size // args.num_minibatches)
-    args.num_iterations = args.total_timesteps // args.batch_size if train else 0
-    if train and args.num_iterations == 0:
-        fail(f"--total-timesteps {args.total_timesteps} is less than one update (--num-envs x --num-steps = "
-             f"{args.batch_size} frames): pass at least {args.batch_size}")
-    if train and args.num_envs % args.num_minibatches:  # a minibatch replays whole env sequences
-        fail(f"--num-envs {args.num_envs} must divide by --num-minibatches {args.num_minibatches}")
-    interrupted = False
-
-    def on_ctrl_c(signum, frame):
-        # Set a flag that the loop and evaluate() check, rather than raise: a KeyboardInterrupt that lands inside a
-        # __del__ (torch and TensorBoard objects have them) is printed and swallowed, and training would go on.
-        global interrupted
-        interrupted = True
-
-    signal.signal(signal.SIGINT, on_ctrl_c)
-    signal.signal(signal.SIGTERM, on_ctrl_c)  # a job scheduler's stop request: save and exit like Ctrl-C
+    args, checkpoint, train = runs.parse_args(Args, Agent, make_env)  # bad flags: one line and exit 2, before any work
+    stop = runs.StopFlag()  # Ctrl-C or SIGTERM: the loop ends, a checkpoint is saved, exit code 130
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -571,6 +325,7 @@ if __name__ == "__main__":
     expert = args.advisor in ("expert", "noisy-expert")
     envs = make_vector_env(args.env_id, args.num_envs, asynchronous=args.async_envs, expert=expert)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
+    make_eval_envs = functools.partial(make_vector_env, args.env_id, expert=args.llm_only and expert)  # evaluation: the actor alone
 
     try:  # the advisers speak MiniGrid's 7 actions; an env with fewer has MiniGrid's first ones
         advisor = prompts.make_advisor(
@@ -594,37 +349,20 @@ if __name__ == "__main__":
             max_concurrency=args.llm_max_concurrency,
             max_rps=args.llm_max_rps,
             timeout=args.llm_timeout,
-            stop=lambda: interrupted,  # Ctrl-C: the LLM queries not yet asked are skipped
+            stop=stop,  # Ctrl-C: the LLM queries not yet asked are skipped
         )
     except ValueError as error:  # the model failed to load, or its instructions do not fit --llm-n-ctx
-        fail(str(error))
+        runs.fail(str(error))
+
+    def adviser_logits(obs, infos, text_cache={}):  # --llm-only: the adviser's own distribution is the policy
+        probs = advisor.action_probs(prompts.observation_texts(obs, text_cache, MISSION_WORDS),
+                                     prompts.expert_actions_from_infos(infos, len(obs)))
+        return torch.as_tensor(np.log(prompts.env_probs(probs, envs.single_action_space.n)))
     agent = Agent(envs.single_action_space.n, args.memory, args.patch_stride).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
     if checkpoint is not None:
-        agent.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        print(f"loaded {args.checkpoint or args.resume} (trained on {checkpoint['args']['env_id']}, "
-              f"{checkpoint['global_step']} frames)")
-
-    # The run folder is made only now, so that a run that never started (bad input, Ctrl-C while loading) leaves none.
-    if interrupted:
-        print("interrupted before the run started: nothing was written", file=sys.stderr)
-        sys.exit(130)
-    if args.resume is not None:  # the same folder: TensorBoard drops what the old run logged after its last update
-        run_path = os.path.dirname(os.path.abspath(checkpoint_file(args.resume)))
-        run_name = os.path.basename(run_path)
-    else:
-        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_path = os.path.join(args.run_dir, run_name)
-    start_iteration = checkpoint["iteration"] if args.resume is not None else 0
-    try:
-        writer = SummaryWriter(run_path, purge_step=start_iteration * args.batch_size + 1 if args.resume is not None else None)
-    except OSError as error:  # what check_args could not foresee, e.g. a special file system
-        fail(f"cannot write the run folder {run_path} ({error.strerror}): pass another --run-dir")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
+        runs.load_checkpoint(checkpoint, agent, optimizer, args)
+    run_path, writer, start_iteration = runs.open_run(args, checkpoint, stop)  # the run folder, made only now
 
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs, OBS_SIZE), dtype=torch.uint8).to(device)
@@ -638,7 +376,7 @@ if __name__ == "__main__":
     # TRY NOT TO MODIFY: start the game
     global_step, iterations_done = start_iteration * args.batch_size, start_iteration
     if args.resume is not None:  # the random streams where the run saved them; the envs start new episodes
-        restore_rng_state(checkpoint["rng"])
+        runs.restore_rng_state(checkpoint["rng"])
     start_time, start_step = time.time(), global_step  # FPS counts this process's frames only (--resume)
     recent_returns, recent_lengths = deque(maxlen=100), deque(maxlen=100)
     next_obs, infos = envs.reset(seed=args.seed + start_iteration * args.num_envs)
@@ -660,7 +398,7 @@ if __name__ == "__main__":
         llm_seconds, queries_before, misses_before = 0.0, advisor.stats["queries"], advisor.stats["misses"]
 
         for step in range(0, args.num_steps):
-            if interrupted:
+            if stop():
                 break
             global_step += args.num_envs
             obs[step] = next_obs
@@ -702,7 +440,7 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                 writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-        if interrupted:  # Ctrl-C: stop without an update on a partial rollout
+        if stop():  # Ctrl-C: stop without an update on a partial rollout
             break
 
         # bootstrap value if not done
@@ -830,8 +568,7 @@ if __name__ == "__main__":
             writer.add_scalar("charts/rolling_return", np.mean(recent_returns), global_step)
         if args.eval_every > 0 and iteration % args.eval_every == 0 and iteration < args.num_iterations:
             eval_seed = args.seed + 10_000 + iteration  # fresh levels each time, still reproducible
-            evaluation = evaluate(agent, args.env_id, args.eval_episodes, args.num_envs, eval_seed, device,
-                                  stop=lambda: interrupted)
+            evaluation = evaluate(agent, make_eval_envs, args.eval_episodes, args.num_envs, eval_seed, device, stop=stop)
             if evaluation is None:  # Ctrl-C
                 break
             mean_return, success_rate, _ = evaluation
@@ -846,52 +583,26 @@ if __name__ == "__main__":
                 f"LLM coef {llm_coef:.2f}, {1000 * llm_seconds:.0f} ms, {llm_misses} uncached queries",
                 flush=True,
             )
-    if interrupted:
-        print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
-
     if train:
         print(prompts.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
-    checkpoint_path = os.path.join(run_path, "agent.pt")
-    if train and (args.save_model or interrupted):  # before the final evaluation, which may be cut short
-        save_checkpoint(checkpoint_path, agent, optimizer, args, global_step, iterations_done)
-    if args.llm_only:
-        evaluation = evaluate(None, args.env_id, args.eval_episodes, args.num_envs, args.seed + 10_000, device,
-                              args.eval_argmax, stop=lambda: interrupted, advisor=advisor)
+    if args.llm_only:  # the adviser alone plays: its success as a policy, nothing is trained
+        evaluation = evaluate(None, make_eval_envs, args.eval_episodes, args.num_envs, args.seed + 10_000, device,
+                              args.eval_argmax, stop=stop, policy=adviser_logits)
         if evaluation is None:
             print("\ninterrupted while the adviser played: nothing to save", flush=True)
-    if args.llm_only and not interrupted:
-        mean_return, success_rate, mean_length = evaluation
-        writer.add_scalar("eval/llm_only_episodic_return", mean_return, 0)
-        writer.add_scalar("eval/llm_only_success_rate", success_rate, 0)
-        print(
-            f"adviser '{args.advisor}' as the policy on {args.env_id}: mean return {mean_return:.3f}, success rate "
-            f"{success_rate:.3f}, mean length {mean_length:.1f} over {args.eval_episodes} episodes "
-            f"({advisor.stats['queries']} queries, {advisor.stats['misses']} uncached, {advisor.stats['fallbacks']} fallbacks)",
-            flush=True,
-        )
-    elif args.eval_episodes > 0 and not interrupted:
-        video_dir = os.path.join(run_path, "videos") if args.capture_video else None
-        evaluation = evaluate(
-            agent, args.env_id, args.eval_episodes, args.num_envs, args.seed + 10_000, device, args.eval_argmax, video_dir,
-            stop=lambda: interrupted,
-        )
-        if evaluation is None:
-            saving = ": saving a checkpoint and flushing logs" if train and not args.save_model else ""
-            print(f"\ninterrupted during the final evaluation{saving}", flush=True)
-            if train and not args.save_model:
-                save_checkpoint(checkpoint_path, agent, optimizer, args, global_step, iterations_done)
         else:
             mean_return, success_rate, mean_length = evaluation
-            writer.add_scalar("eval/episodic_return", mean_return, global_step)
-            writer.add_scalar("eval/success_rate", success_rate, global_step)
+            writer.add_scalar("eval/llm_only_episodic_return", mean_return, 0)
+            writer.add_scalar("eval/llm_only_success_rate", success_rate, 0)
             print(
-                f"eval of the actor alone (no LLM) on {args.env_id}: mean return {mean_return:.3f}, success rate {success_rate:.3f}, "
-                f"mean length {mean_length:.1f} over {args.eval_episodes} episodes",
+                f"adviser '{args.advisor}' as the policy on {args.env_id}: mean return {mean_return:.3f}, success rate "
+                f"{success_rate:.3f}, mean length {mean_length:.1f} over {args.eval_episodes} episodes "
+                f"({advisor.stats['queries']} queries, {advisor.stats['misses']} uncached, {advisor.stats['fallbacks']} fallbacks)",
                 flush=True,
             )
-    with contextlib.suppress(Exception):  # worker processes may already be gone after Ctrl-C
-        envs.close()
-    writer.close()
-    if interrupted:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Python's shutdown restores the default: a Ctrl-C would kill it
-        sys.exit(130)
+    # the end: a checkpoint (--save-model, or after Ctrl-C), the final evaluation of the actor alone, exit code 130 after Ctrl-C
+    save = lambda: runs.save_checkpoint(run_path, agent, optimizer, args, global_step, iterations_done)
+    final_evaluation = None if args.llm_only else lambda video_dir: evaluate(
+        agent, make_eval_envs, args.eval_episodes, args.num_envs, args.seed + 10_000, device, args.eval_argmax, video_dir,
+        stop=stop)
+    runs.finish(args, train, stop, save, final_evaluation, writer, envs, global_step, what="eval of the actor alone (no LLM)")

@@ -19,6 +19,7 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ppo_baseline  # noqa: E402  (the three scripts share this agent and observation)
+from llmppo import runs  # noqa: E402
 import prompts  # noqa: E402  (its BabyAIBotWrapper runs the bot, as for the expert adviser)
 
 
@@ -90,7 +91,7 @@ def main():
         env = ppo_baseline.make_env(args.env_id)()
     except Exception as error:
         fail(f"cannot create {args.env_id}: {str(error).splitlines()[0]}")
-    checkpoint = ppo_baseline.read_checkpoint(args.checkpoint, "checkpoint")
+    checkpoint = runs.read_checkpoint(args.checkpoint, "checkpoint")
     trained = checkpoint["args"]
     agent = ppo_baseline.Agent(env.action_space.n, trained.get("memory", True), trained.get("patch_stride", 2))
     try:

@@ -92,7 +92,7 @@ def training_fps(script, flags):
     captured = io.StringIO()
     saved_argv = sys.argv
     sys.argv = [path] + flags
-    if root not in sys.path:  # the scripts import prompts.py from the repository root
+    if root not in sys.path:  # the scripts import prompts.py and llmppo/ from the repository root
         sys.path.insert(0, root)
     try:
         with contextlib.redirect_stdout(captured):
