@@ -8,7 +8,7 @@ import time
 
 from conftest import ROOT, outside_repo
 
-import benchmark
+from benchmark_presets import PRESETS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -22,7 +22,7 @@ def run_benchmark(out):
 
 
 def test_tiny_preset_runs_plots_and_resumes(tmp_path):
-    runs = benchmark.PRESETS["tiny"]
+    runs = PRESETS["tiny"]
     first, _ = run_benchmark(tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
@@ -78,7 +78,7 @@ def test_tiny_preset_runs_plots_and_resumes(tmp_path):
 def test_study_tiny_preset_writes_accuracy_plot_and_table(tmp_path):
     """The accuracy study (issue 8) end to end on its tiny preset: noisy-expert advisers at two accuracies through
     both mechanisms and the baseline, then accuracy.png and study.md."""
-    runs = benchmark.PRESETS["study-tiny"]
+    runs = PRESETS["study-tiny"]
     assert {run["variant"] for run in runs} == {"baseline", "policy+noisy1.0", "policy+noisy0.25", "explore+noisy1.0",
                                                  "explore+noisy0.25"}
     command = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "study-tiny", "--workers", "2",

@@ -20,7 +20,9 @@ from conftest import ROOT, outside_repo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark
+import benchmark_slurm
 import slurm_cluster
+from benchmark_presets import PRESETS
 
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")
 # What a run computes; the same command and seed must give the same numbers wherever it runs.
@@ -70,7 +72,7 @@ def test_tiny_preset_on_slurm_gives_the_local_results_and_resumes(slurm, tmp_pat
     assert on_slurm.returncode == 0, on_slurm.stdout[-3000:] + on_slurm.stderr[-3000:]
     print(f"tiny preset: local {local_seconds:.0f} s, slurm {slurm_seconds:.0f} s")
 
-    runs = benchmark.PRESETS["tiny"]
+    runs = PRESETS["tiny"]
     jobs = json.loads((slurm_out / "slurm" / "jobs.json").read_text())
     assert set(jobs) == {run["key"] for run in runs}
     for run in runs:  # each run's job id and log are printed
@@ -99,13 +101,13 @@ def test_a_failing_job_is_reported_with_its_log_tail_and_the_others_finish(slurm
     # The same launcher function the command line calls, on the tiny preset with a bad flag injected into the
     # training run that two transfer runs need: those two are not run, the zero-shot run still finishes.
     monkeypatch.setenv("SLURM_CONF", slurm["conf"])
-    runs = copy.deepcopy(benchmark.PRESETS["tiny"])
+    runs = copy.deepcopy(PRESETS["tiny"])
     bad = next(run for run in runs if run["kind"] == "train" and "--save-model" in run["flags"])
     bad["flags"].append("--no-such-flag")
     picked = [run for run in runs if bad["key"] in (run["key"], run.get("after")) or run["kind"] == "zeroshot"]
     args = benchmark.Args(preset="tiny", workers=2, out=str(tmp_path), llm_cache_dir=str(tmp_path / "cache"),
                           launcher="slurm")
-    failed = benchmark.launch_slurm(args, picked, str(tmp_path))
+    failed = benchmark_slurm.launch_slurm(args, picked, str(tmp_path))
     printed = capsys.readouterr().out
 
     dependents = [run["key"] for run in picked if run.get("after") == bad["key"]]
