@@ -230,7 +230,7 @@ class Agent(nn.Module):
         self.register_buffer("channel_offsets", torch.tensor([0, 16, 32]))
         # The CNN: a 2x2 convolution with stride 2 (non-overlapping patches) over the view padded to 8x8, i.e. the same
         # 16 filters on each of the 4x4 patches, written as one linear layer on the reshaped grid: nn.Conv2d's per-call
-        # overhead dominates layers this small on CPU (README: benchmarks/fps). Stride 1 puts a window at every cell,
+        # overhead dominates layers this small on CPU (benchmarks/pages/fps). Stride 1 puts a window at every cell,
         # so the agent knows where an object is to the cell, not to the patch.
         self.patch_stride = patch_stride
         self.patch_conv = layer_init(nn.Linear(2 * 2 * 8, 16))
