@@ -26,10 +26,12 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
 import prompts
+from llmppo import advisers, bot, flat_obs, llm_logging
+from llmppo.llm_flags import LLMFlags, llm_flag_error, make_advisor_from_flags
 
 
 @dataclass
-class Args:
+class Args(LLMFlags):
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (the first part of the run name)"""
     seed: int = 1
@@ -126,39 +128,10 @@ class Args:
     """at most this many uncached LLM queries per update (0: no limit); past it, cached advice or none"""
     llm_only: bool = False
     """no training: run the adviser itself as the policy for --eval-episodes episodes and print its success rate"""
-    llm_model_path: Optional[str] = None
-    """GGUF model file (e.g. llama-2-7b-chat.Q4_K_M.gguf); default: the embedded SmolLM2-135M-Instruct"""
-    llm_n_gpu_layers: int = 0
-    """layers to offload to the GPU (-1: all; needs a CUDA/Metal build of llama-cpp-python)"""
-    llm_n_threads: Optional[int] = None
-    """llama.cpp threads (default: all cores; torch and the envs wait while the LLM runs)"""
-    llm_n_ctx: int = 512
-    """llama.cpp context size in tokens"""
     llm_temperature: float = 1.0
     """softens (>1) or sharpens (<1) the LLM's distribution over actions"""
     llm_mode: str = "score"
     """score: next-token log-probs of the action words (one forward pass); generate: parse a free answer"""
-    llm_cache_dir: str = prompts.DEFAULT_CACHE_DIR
-    """persistent cache of LLM answers ("none" disables it): a second run on the same states is nearly free"""
-    llm_base_url: Optional[str] = None
-    """an OpenAI-compatible LLM server (llama-server, vLLM, Ollama, OpenAI), e.g. http://127.0.0.1:8080/v1; default: none,
-    the GGUF model runs in this process"""
-    llm_model: Optional[str] = None
-    """the served model's name (default: the server's only model)"""
-    llm_api: str = "completions"
-    """completions: the in-process prompt text and next-token log-probs; chat: messages and the answer's top_logprobs"""
-    llm_api_key_env: Optional[str] = None
-    """name of the environment variable that holds the server's API key (never the key itself; it is not logged)"""
-    llm_top_logprobs: int = 100
-    """top log-probs asked of the server per answer token (a server that allows fewer gets its maximum, 20)"""
-    llm_max_concurrency: int = 16
-    """uncached server queries of one step sent at once, so that a batching server evaluates them together"""
-    llm_max_rps: float = 0.0
-    """at most this many server requests per second (0: no limit)"""
-    llm_timeout: float = 30.0
-    """seconds one server query may take, retries included; past it the state gets no advice (counted as a fallback)"""
-    llm_usd_per_mtok: float = 0.0
-    """price per million server tokens (prompt + completion), for a cost estimate in the logs (0: none)"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -220,7 +193,7 @@ def make_env(env_id, render=False, expert=False):
     def thunk():
         env = gym.make(env_id, render_mode="rgb_array" if render else None)
         if expert:  # the BabyAI bot's next action goes into info["expert_action"]
-            env = prompts.BabyAIBotWrapper(env)
+            env = bot.BabyAIBotWrapper(env)
         return FlatObservation(env)
 
     return thunk
@@ -335,7 +308,7 @@ def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, vide
     """Run the agent alone (or, given an adviser, the adviser alone) for exactly `episodes` episodes;
     returns (mean return, success rate, mean length), or None when `stop()` turns true first (Ctrl-C)."""
     num_envs = min(num_envs, episodes)
-    expert = isinstance(advisor, (prompts.ExpertAdvisor, prompts.NoisyExpertAdvisor))
+    expert = isinstance(advisor, (advisers.ExpertAdvisor, advisers.NoisyExpertAdvisor))
     envs = make_vector_env(env_id, num_envs, render=video_dir is not None, expert=expert)
     # Each env plays a fixed quota, so slow (failing) episodes are not cut off in favour of quick successes.
     quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
@@ -350,8 +323,8 @@ def evaluate(agent, env_id, episodes, num_envs, seed, device, argmax=False, vide
         if video_dir is not None and gifs_saved < 3:
             gif_frames.append(envs.unwrapped.envs[0].render())
         if advisor is not None:
-            expert_actions = prompts.expert_actions_from_infos(infos, num_envs)
-            probs = advisor.action_probs(prompts.observation_texts(obs, text_cache, MISSION_WORDS), expert_actions)
+            expert_actions = bot.expert_actions_from_infos(infos, num_envs)
+            probs = advisor.action_probs(flat_obs.observation_texts(obs, text_cache, MISSION_WORDS), expert_actions)
             logits = torch.as_tensor(np.log(prompts.env_probs(probs, envs.single_action_space.n)))
         else:
             with torch.no_grad():  # the actor carries its memory from step to step, like in training
@@ -488,7 +461,7 @@ def check_args(args):
         fail("--eval-every N needs --eval-episodes M (and N must be 0 or more)")
     if args.capture_video and args.eval_episodes == 0:
         fail("--capture-video records evaluation episodes: add --eval-episodes N")
-    if (message := prompts.llm_flag_error(args)):
+    if (message := llm_flag_error(args)):
         fail(message)
     if args.llm_coef < 0 or args.distill_coef < 0 or not 0 < args.llm_anneal_frac <= 1:
         fail("--llm-coef and --distill-coef must be 0 or more, and --llm-anneal-frac in (0, 1]")
@@ -573,30 +546,12 @@ if __name__ == "__main__":
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
 
     try:  # the advisers speak MiniGrid's 7 actions; an env with fewer has MiniGrid's first ones
-        advisor = prompts.make_advisor(
-            args.advisor,
+        advisor = make_advisor_from_flags(
+            args,
             actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
-            seed=args.seed,
-            accuracy=args.advice_accuracy,
-            calibrated=args.advice_calibrated,
-            model_path=args.llm_model_path,
-            n_gpu_layers=args.llm_n_gpu_layers,
-            n_threads=args.llm_n_threads,
-            n_ctx=args.llm_n_ctx,
-            temperature=args.llm_temperature,
-            mode=args.llm_mode,
-            cache_dir=args.llm_cache_dir,
-            base_url=args.llm_base_url,
-            model=args.llm_model,
-            api=args.llm_api,
-            api_key_env=args.llm_api_key_env,
-            top_logprobs=args.llm_top_logprobs,
-            max_concurrency=args.llm_max_concurrency,
-            max_rps=args.llm_max_rps,
-            timeout=args.llm_timeout,
             stop=lambda: interrupted,  # Ctrl-C: the LLM queries not yet asked are skipped
         )
-    except ValueError as error:  # the model failed to load, or its instructions do not fit --llm-n-ctx
+    except ValueError as error:  # the model failed to load or fit --llm-n-ctx, or the server failed its check
         fail(str(error))
     agent = Agent(envs.single_action_space.n, args.memory, args.patch_stride).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
@@ -671,8 +626,8 @@ if __name__ == "__main__":
             advice = np.tile(no_advice, (args.num_envs, 1))
             if llm_coef > 0 or args.distill_coef * llm_frac > 0:
                 llm_start = time.perf_counter()
-                texts = prompts.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
-                expert_actions = prompts.expert_actions_from_infos(infos, args.num_envs)
+                texts = flat_obs.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
+                expert_actions = bot.expert_actions_from_infos(infos, args.num_envs)
                 over_budget = 0 < args.llm_max_queries <= advisor.stats["misses"] - misses_before
                 cached_only = step % args.llm_query_every != 0 or over_budget
                 advice = advisor.action_probs(texts, expert_actions, cached_only=cached_only)
@@ -819,7 +774,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        llm_queries, llm_misses = prompts.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
+        llm_queries, llm_misses = llm_logging.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
                                                             global_step, args.llm_usd_per_mtok)
         writer.add_scalar("llm/coef", llm_coef, global_step)
         writer.add_scalar("llm/agree_with_policy", np.mean(agree_with_policy), global_step)
@@ -850,7 +805,7 @@ if __name__ == "__main__":
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
 
     if train:
-        print(prompts.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
+        print(llm_logging.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
     checkpoint_path = os.path.join(run_path, "agent.pt")
     if train and (args.save_model or interrupted):  # before the final evaluation, which may be cut short
         save_checkpoint(checkpoint_path, agent, optimizer, args, global_step, iterations_done)
