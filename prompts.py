@@ -433,7 +433,7 @@ class LLMAdvisor:
         self.actions = check_llm_settings(mode, temperature, subgoal_orders, actions)
         self.mode, self.temperature, self.subgoal_orders = mode, float(temperature), subgoal_orders
         if backend is None:
-            from llmppo.llama import LlamaBackend
+            from llmppo.llama import LlamaBackend  # imported here: llmppo.llama itself imports this module
 
             backend = LlamaBackend(**llama_kwargs)
         self.backend = backend  # the prompt pieces below follow the model's own chat template when it has one
