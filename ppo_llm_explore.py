@@ -21,13 +21,14 @@ import torch.nn as nn
 import torch.optim as optim
 from torch.distributions.categorical import Categorical
 
-from llmppo import runs
+from llmppo import bot, flat_obs, llm_logging, runs
 from llmppo.evaluation import evaluate
+from llmppo.llm_flags import LLMFlags, make_advisor_from_flags
 import prompts
 
 
 @dataclass
-class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoints, evaluation
+class Args(runs.RunFlags, LLMFlags):  # + the flags of every script and of the LLM's deployment
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (the first part of the run name)"""
     seed: int = 1
@@ -97,39 +98,10 @@ class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoin
     """--bonus-mode topk: how many of the adviser's best-ranked subgoals pay"""
     bonus_anneal_frac: float = 0.5
     """fraction of training over which the bonus coefficient falls linearly to 0 (then the LLM is not asked)"""
-    llm_model_path: Optional[str] = None
-    """GGUF model file (e.g. llama-2-7b-chat.Q4_K_M.gguf); default: the embedded SmolLM2-135M-Instruct"""
-    llm_n_gpu_layers: int = 0
-    """layers to offload to the GPU (-1: all; needs a CUDA/Metal build of llama-cpp-python)"""
-    llm_n_threads: Optional[int] = None
-    """llama.cpp threads (default: all cores; torch and the envs wait while the LLM runs)"""
-    llm_n_ctx: int = 512
-    """llama.cpp context size in tokens"""
     llm_temperature: float = 1.0
     """softens (>1) or sharpens (<1) the LLM's distribution over subgoals (and actions)"""
-    llm_cache_dir: str = prompts.DEFAULT_CACHE_DIR
-    """persistent cache of LLM answers ("none" disables it): a second run on the same states is nearly free"""
     llm_subgoal_orders: str = "listed"
     """how the LLM sees the candidates: listed (nearest first), or cyclic (every cyclic shift, averaged: no position bias)"""
-    llm_base_url: Optional[str] = None
-    """an OpenAI-compatible LLM server (llama-server, vLLM, Ollama, OpenAI), e.g. http://127.0.0.1:8080/v1; default: none,
-    the GGUF model runs in this process"""
-    llm_model: Optional[str] = None
-    """the served model's name (default: the server's only model)"""
-    llm_api: str = "completions"
-    """completions: the in-process prompt text and next-token log-probs; chat: messages and the answer's top_logprobs"""
-    llm_api_key_env: Optional[str] = None
-    """name of the environment variable that holds the server's API key (never the key itself; it is not logged)"""
-    llm_top_logprobs: int = 100
-    """top log-probs asked of the server per answer token (a server that allows fewer gets its maximum, 20)"""
-    llm_max_concurrency: int = 16
-    """uncached server queries of one step sent at once, so that a batching server evaluates them together"""
-    llm_max_rps: float = 0.0
-    """at most this many server requests per second (0: no limit)"""
-    llm_timeout: float = 30.0
-    """seconds one server query may take, retries included; past it the state gets no advice (counted as a fallback)"""
-    llm_usd_per_mtok: float = 0.0
-    """price per million server tokens (prompt + completion), for a cost estimate in the logs (0: none)"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -191,9 +163,9 @@ def make_env(env_id, render=False, expert=False, track=False):
     def thunk():
         env = gym.make(env_id, render_mode="rgb_array" if render else None)
         if expert:  # the BabyAI bot's next action goes into info["expert_action"]
-            env = prompts.BabyAIBotWrapper(env)
+            env = bot.BabyAIBotWrapper(env)
         if track:  # achieved subgoals (and the bot's plan) go into info["subgoals_achieved"] (and info["expert_plan"])
-            env = prompts.SubgoalTracker(env)
+            env = bot.SubgoalTracker(env)
         return FlatObservation(env)
 
     return thunk
@@ -316,30 +288,9 @@ if __name__ == "__main__":
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
     make_eval_envs = functools.partial(make_vector_env, args.env_id)  # evaluation: the actor alone
     try:  # the advisers speak MiniGrid's 7 actions; an env with fewer has MiniGrid's first ones
-        advisor = prompts.make_advisor(
-            args.advisor,
-            actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
-            seed=args.seed,
-            accuracy=args.advice_accuracy,
-            calibrated=args.advice_calibrated,
-            model_path=args.llm_model_path,
-            n_gpu_layers=args.llm_n_gpu_layers,
-            n_threads=args.llm_n_threads,
-            n_ctx=args.llm_n_ctx,
-            temperature=args.llm_temperature,
-            cache_dir=args.llm_cache_dir,
-            subgoal_orders=args.llm_subgoal_orders,
-            base_url=args.llm_base_url,
-            model=args.llm_model,
-            api=args.llm_api,
-            api_key_env=args.llm_api_key_env,
-            top_logprobs=args.llm_top_logprobs,
-            max_concurrency=args.llm_max_concurrency,
-            max_rps=args.llm_max_rps,
-            timeout=args.llm_timeout,
-            stop=stop,  # Ctrl-C: the LLM queries not yet asked are skipped
-        )
-    except ValueError as error:  # the model failed to load, or its instructions do not fit --llm-n-ctx
+        advisor = make_advisor_from_flags(args, actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
+                                          stop=stop)  # Ctrl-C: the LLM queries not yet asked are skipped
+    except ValueError as error:  # the model failed to load or fit --llm-n-ctx, or the server failed its check
         runs.fail(str(error))
 
     agent = Agent(envs.single_action_space.n, args.memory, args.patch_stride).to(device)
@@ -394,18 +345,18 @@ if __name__ == "__main__":
             advice = np.full((args.num_envs, envs.single_action_space.n), 1.0 / envs.single_action_space.n)
             if bonus_coef > 0:
                 llm_start = time.perf_counter()
-                texts = prompts.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
+                texts = flat_obs.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
                 if args.bonus_mode == "action":
-                    advice = advisor.action_probs(texts, prompts.expert_actions_from_infos(infos, args.num_envs))
+                    advice = advisor.action_probs(texts, bot.expert_actions_from_infos(infos, args.num_envs))
                     advice = prompts.env_probs(advice, envs.single_action_space.n)
                 else:
-                    candidates = prompts.candidate_texts(next_obs.cpu().numpy(), candidate_cache, MISSION_WORDS, actions_allowed)
-                    plans = prompts.expert_plans_from_infos(infos, args.num_envs)
+                    candidates = flat_obs.candidate_texts(next_obs.cpu().numpy(), candidate_cache, MISSION_WORDS, actions_allowed)
+                    plans = bot.expert_plans_from_infos(infos, args.num_envs)
                     for i in range(args.num_envs):
                         if not set(candidates[i]) <= bonus_of[i].keys() or plans[i] != ranked_plans[i]:
                             ranked_plans[i] = plans[i]
                             probs = advisor.subgoal_probs(texts[i], candidates[i], plans[i])
-                            weights = prompts.bonus_weights(probs, args.bonus_mode, args.bonus_top_k)
+                            weights = bot.bonus_weights(probs, args.bonus_mode, args.bonus_top_k)
                             bonus_of[i].update(zip(candidates[i], weights))
                 llm_seconds += time.perf_counter() - llm_start
 
@@ -420,7 +371,7 @@ if __name__ == "__main__":
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             next_done = np.logical_or(terminations, truncations)
             # LLM LOGIC: the intrinsic reward. Achievements come from the env's state, once per subgoal per episode.
-            achieved = prompts.subgoals_from_infos(infos, args.num_envs)
+            achieved = bot.subgoals_from_infos(infos, args.num_envs)
             if args.bonus_mode == "action":  # the adviser's unique top action was taken (uniform: never)
                 unique_top = (advice == advice.max(1, keepdims=True)).sum(1) == 1
                 bonus = bonus_coef * (unique_top & (advice.argmax(1) == action.cpu().numpy()))
@@ -551,7 +502,7 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
         if recent_returns:
             writer.add_scalar("charts/rolling_return", np.mean(recent_returns), global_step)
-        llm_queries, llm_misses = prompts.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
+        llm_queries, llm_misses = llm_logging.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
                                                             global_step, args.llm_usd_per_mtok)
         writer.add_scalar("llm/bonus_coef", bonus_coef, global_step)
         if bonus_per_episode:  # intrinsic return and new subgoals per episode finished in this update
@@ -577,7 +528,7 @@ if __name__ == "__main__":
                 flush=True,
             )
     if train:
-        print(prompts.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
+        print(llm_logging.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
     # the end: a checkpoint (--save-model, or after Ctrl-C), the final evaluation of the actor alone, exit code 130 after Ctrl-C
     save = lambda: runs.save_checkpoint(run_path, agent, optimizer, args, global_step, iterations_done)
     final_evaluation = lambda video_dir: evaluate(agent, make_eval_envs, args.eval_episodes, args.num_envs, args.seed + 10_000,

@@ -21,13 +21,14 @@ import torch.nn as nn
 import torch.optim as optim
 from torch.distributions.categorical import Categorical
 
-from llmppo import runs
+from llmppo import bot, flat_obs, llm_logging, runs
 from llmppo.evaluation import evaluate
+from llmppo.llm_flags import LLMFlags, make_advisor_from_flags
 import prompts
 
 
 @dataclass
-class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoints, evaluation
+class Args(runs.RunFlags, LLMFlags):  # + the flags of every script and of the LLM's deployment
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (the first part of the run name)"""
     seed: int = 1
@@ -104,39 +105,10 @@ class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoin
     """at most this many uncached LLM queries per update (0: no limit); past it, cached advice or none"""
     llm_only: bool = False
     """no training: run the adviser itself as the policy for --eval-episodes episodes and print its success rate"""
-    llm_model_path: Optional[str] = None
-    """GGUF model file (e.g. llama-2-7b-chat.Q4_K_M.gguf); default: the embedded SmolLM2-135M-Instruct"""
-    llm_n_gpu_layers: int = 0
-    """layers to offload to the GPU (-1: all; needs a CUDA/Metal build of llama-cpp-python)"""
-    llm_n_threads: Optional[int] = None
-    """llama.cpp threads (default: all cores; torch and the envs wait while the LLM runs)"""
-    llm_n_ctx: int = 512
-    """llama.cpp context size in tokens"""
     llm_temperature: float = 1.0
     """softens (>1) or sharpens (<1) the LLM's distribution over actions"""
     llm_mode: str = "score"
     """score: next-token log-probs of the action words (one forward pass); generate: parse a free answer"""
-    llm_cache_dir: str = prompts.DEFAULT_CACHE_DIR
-    """persistent cache of LLM answers ("none" disables it): a second run on the same states is nearly free"""
-    llm_base_url: Optional[str] = None
-    """an OpenAI-compatible LLM server (llama-server, vLLM, Ollama, OpenAI), e.g. http://127.0.0.1:8080/v1; default: none,
-    the GGUF model runs in this process"""
-    llm_model: Optional[str] = None
-    """the served model's name (default: the server's only model)"""
-    llm_api: str = "completions"
-    """completions: the in-process prompt text and next-token log-probs; chat: messages and the answer's top_logprobs"""
-    llm_api_key_env: Optional[str] = None
-    """name of the environment variable that holds the server's API key (never the key itself; it is not logged)"""
-    llm_top_logprobs: int = 100
-    """top log-probs asked of the server per answer token (a server that allows fewer gets its maximum, 20)"""
-    llm_max_concurrency: int = 16
-    """uncached server queries of one step sent at once, so that a batching server evaluates them together"""
-    llm_max_rps: float = 0.0
-    """at most this many server requests per second (0: no limit)"""
-    llm_timeout: float = 30.0
-    """seconds one server query may take, retries included; past it the state gets no advice (counted as a fallback)"""
-    llm_usd_per_mtok: float = 0.0
-    """price per million server tokens (prompt + completion), for a cost estimate in the logs (0: none)"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -198,7 +170,7 @@ def make_env(env_id, render=False, expert=False):
     def thunk():
         env = gym.make(env_id, render_mode="rgb_array" if render else None)
         if expert:  # the BabyAI bot's next action goes into info["expert_action"]
-            env = prompts.BabyAIBotWrapper(env)
+            env = bot.BabyAIBotWrapper(env)
         return FlatObservation(env)
 
     return thunk
@@ -328,36 +300,16 @@ if __name__ == "__main__":
     make_eval_envs = functools.partial(make_vector_env, args.env_id, expert=args.llm_only and expert)  # evaluation: the actor alone
 
     try:  # the advisers speak MiniGrid's 7 actions; an env with fewer has MiniGrid's first ones
-        advisor = prompts.make_advisor(
-            args.advisor,
-            actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
-            seed=args.seed,
-            accuracy=args.advice_accuracy,
-            calibrated=args.advice_calibrated,
-            model_path=args.llm_model_path,
-            n_gpu_layers=args.llm_n_gpu_layers,
-            n_threads=args.llm_n_threads,
-            n_ctx=args.llm_n_ctx,
-            temperature=args.llm_temperature,
-            mode=args.llm_mode,
-            cache_dir=args.llm_cache_dir,
-            base_url=args.llm_base_url,
-            model=args.llm_model,
-            api=args.llm_api,
-            api_key_env=args.llm_api_key_env,
-            top_logprobs=args.llm_top_logprobs,
-            max_concurrency=args.llm_max_concurrency,
-            max_rps=args.llm_max_rps,
-            timeout=args.llm_timeout,
-            stop=stop,  # Ctrl-C: the LLM queries not yet asked are skipped
-        )
-    except ValueError as error:  # the model failed to load, or its instructions do not fit --llm-n-ctx
+        advisor = make_advisor_from_flags(args, actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
+                                          stop=stop)  # Ctrl-C: the LLM queries not yet asked are skipped
+    except ValueError as error:  # the model failed to load or fit --llm-n-ctx, or the server failed its check
         runs.fail(str(error))
 
     def adviser_logits(obs, infos, text_cache={}):  # --llm-only: the adviser's own distribution is the policy
-        probs = advisor.action_probs(prompts.observation_texts(obs, text_cache, MISSION_WORDS),
-                                     prompts.expert_actions_from_infos(infos, len(obs)))
+        probs = advisor.action_probs(flat_obs.observation_texts(obs, text_cache, MISSION_WORDS),
+                                     bot.expert_actions_from_infos(infos, len(obs)))
         return torch.as_tensor(np.log(prompts.env_probs(probs, envs.single_action_space.n)))
+
     agent = Agent(envs.single_action_space.n, args.memory, args.patch_stride).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel, not one per tensor
     if checkpoint is not None:
@@ -409,8 +361,8 @@ if __name__ == "__main__":
             advice = np.tile(no_advice, (args.num_envs, 1))
             if llm_coef > 0 or args.distill_coef * llm_frac > 0:
                 llm_start = time.perf_counter()
-                texts = prompts.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
-                expert_actions = prompts.expert_actions_from_infos(infos, args.num_envs)
+                texts = flat_obs.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
+                expert_actions = bot.expert_actions_from_infos(infos, args.num_envs)
                 over_budget = 0 < args.llm_max_queries <= advisor.stats["misses"] - misses_before
                 cached_only = step % args.llm_query_every != 0 or over_budget
                 advice = advisor.action_probs(texts, expert_actions, cached_only=cached_only)
@@ -557,7 +509,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        llm_queries, llm_misses = prompts.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
+        llm_queries, llm_misses = llm_logging.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
                                                             global_step, args.llm_usd_per_mtok)
         writer.add_scalar("llm/coef", llm_coef, global_step)
         writer.add_scalar("llm/agree_with_policy", np.mean(agree_with_policy), global_step)
@@ -584,25 +536,14 @@ if __name__ == "__main__":
                 flush=True,
             )
     if train:
-        print(prompts.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
-    if args.llm_only:  # the adviser alone plays: its success as a policy, nothing is trained
-        evaluation = evaluate(None, make_eval_envs, args.eval_episodes, args.num_envs, args.seed + 10_000, device,
-                              args.eval_argmax, stop=stop, policy=adviser_logits)
-        if evaluation is None:
-            print("\ninterrupted while the adviser played: nothing to save", flush=True)
-        else:
-            mean_return, success_rate, mean_length = evaluation
-            writer.add_scalar("eval/llm_only_episodic_return", mean_return, 0)
-            writer.add_scalar("eval/llm_only_success_rate", success_rate, 0)
-            print(
-                f"adviser '{args.advisor}' as the policy on {args.env_id}: mean return {mean_return:.3f}, success rate "
-                f"{success_rate:.3f}, mean length {mean_length:.1f} over {args.eval_episodes} episodes "
-                f"({advisor.stats['queries']} queries, {advisor.stats['misses']} uncached, {advisor.stats['fallbacks']} fallbacks)",
-                flush=True,
-            )
-    # the end: a checkpoint (--save-model, or after Ctrl-C), the final evaluation of the actor alone, exit code 130 after Ctrl-C
+        print(llm_logging.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
+    # the end: a checkpoint (--save-model, or after Ctrl-C), the final evaluation of the actor alone (--llm-only: of the
+    # adviser alone, nothing trained), exit code 130 after Ctrl-C
     save = lambda: runs.save_checkpoint(run_path, agent, optimizer, args, global_step, iterations_done)
-    final_evaluation = None if args.llm_only else lambda video_dir: evaluate(
-        agent, make_eval_envs, args.eval_episodes, args.num_envs, args.seed + 10_000, device, args.eval_argmax, video_dir,
-        stop=stop)
-    runs.finish(args, train, stop, save, final_evaluation, writer, envs, global_step, what="eval of the actor alone (no LLM)")
+    final_evaluation = lambda video_dir: evaluate(
+        None if args.llm_only else agent, make_eval_envs, args.eval_episodes, args.num_envs, args.seed + 10_000, device,
+        args.eval_argmax, None if args.llm_only else video_dir, stop=stop, policy=adviser_logits if args.llm_only else None)
+    adviser_alone = dict(what=f"adviser '{args.advisor}' as the policy", tag="eval/llm_only_", details=lambda: (
+        f" ({advisor.stats['queries']} queries, {advisor.stats['misses']} uncached, {advisor.stats['fallbacks']} fallbacks)"))
+    runs.finish(args, train, stop, save, final_evaluation, writer, envs, global_step,
+                **(adviser_alone if args.llm_only else dict(what="eval of the actor alone (no LLM)")))

@@ -158,9 +158,9 @@ def check_args(args, Agent, make_env):
 
 def check_llm_args(args):
     """The LLM scripts' own flags: the adviser and its deployment, the guidance weights, the exploration bonus."""
-    import prompts
+    from llmppo.llm_flags import llm_flag_error
 
-    if (message := prompts.llm_flag_error(args)):
+    if (message := llm_flag_error(args)):
         fail(message)
     if hasattr(args, "llm_coef"):  # ppo_llm_policy.py
         if args.llm_coef < 0 or args.distill_coef < 0 or not 0 < args.llm_anneal_frac <= 1:
@@ -300,15 +300,16 @@ def open_run(args, checkpoint, stop):
     return run_path, writer, start_iteration
 
 
-def finish(args, train, stop, save, evaluate, writer, envs, global_step, what="eval"):
+def finish(args, train, stop, save, evaluate, writer, envs, global_step, what="eval", tag="eval/", details=lambda: ""):
     """The end of a run: a checkpoint (with --save-model, or after Ctrl-C) before the final evaluation, which may be cut
-    short; the evaluation's scalars and line; the envs and logs closed; exit code 130 after Ctrl-C. `evaluate(video_dir)`
-    returns (mean return, success rate, mean length), or None when Ctrl-C cut it short; None skips it."""
+    short; the evaluation's scalars (<tag>episodic_return, <tag>success_rate) and its line (`what` on the env: ...,
+    then `details()`); the envs and logs closed; exit code 130 after Ctrl-C. `evaluate(video_dir)` returns (mean
+    return, success rate, mean length), or None when Ctrl-C cut it short."""
     if stop() and train:
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
     if train and (args.save_model or stop()):
         save()
-    if evaluate is not None and args.eval_episodes > 0 and not stop():
+    if args.eval_episodes > 0 and not stop():
         video_dir = os.path.join(writer.log_dir, "videos") if args.capture_video else None
         evaluation = evaluate(video_dir)
         if evaluation is None:
@@ -318,11 +319,11 @@ def finish(args, train, stop, save, evaluate, writer, envs, global_step, what="e
                 save()
         else:
             mean_return, success_rate, mean_length = evaluation
-            writer.add_scalar("eval/episodic_return", mean_return, global_step)
-            writer.add_scalar("eval/success_rate", success_rate, global_step)
+            writer.add_scalar(f"{tag}episodic_return", mean_return, global_step)
+            writer.add_scalar(f"{tag}success_rate", success_rate, global_step)
             print(
                 f"{what} on {args.env_id}: mean return {mean_return:.3f}, success rate {success_rate:.3f}, "
-                f"mean length {mean_length:.1f} over {args.eval_episodes} episodes",
+                f"mean length {mean_length:.1f} over {args.eval_episodes} episodes{details()}",
                 flush=True,
             )
     with contextlib.suppress(Exception):  # worker processes may already be gone after Ctrl-C

@@ -11,6 +11,7 @@ from minigrid.core.world_object import Ball, Door, Key
 from conftest import TINY, only_run, run_script, scalars
 
 import prompts
+from llmppo import advisers, bot
 from prompts import DROP, FORWARD, LEFT, PICKUP, RIGHT, TOGGLE
 
 LLM_SCALARS = ["llm/bonus_coef", "llm/queries", "llm/cache_hit_rate", "llm/ms_per_query", "llm/bonus_per_episode",
@@ -73,14 +74,14 @@ def test_candidates_are_capped_deterministic_and_keep_the_mission_objects():
 # ---- achievements from the env's state -------------------------------------------------------------------------------
 def hand_built_env():
     """MiniGrid-Empty-8x8 with a yellow key in front of the agent, a locked yellow door and a red ball."""
-    tracker = prompts.SubgoalTracker(gym.make("MiniGrid-Empty-8x8-v0"))
+    tracker = bot.SubgoalTracker(gym.make("MiniGrid-Empty-8x8-v0"))
     tracker.reset(seed=0)
     env = tracker.unwrapped
     env.agent_pos, env.agent_dir = np.array([1, 1]), 0  # facing right (+x)
     env.grid.set(2, 1, Key("yellow"))
     env.grid.set(4, 1, Door("yellow", is_locked=True))
     env.grid.set(4, 2, Ball("red"))
-    tracker.before = prompts.env_snapshot(tracker)  # objects placed after reset: look again
+    tracker.before = bot.env_snapshot(tracker)  # objects placed after reset: look again
     return tracker
 
 
@@ -105,37 +106,37 @@ def test_achievements_are_read_from_the_env_state_once_per_episode():
     env = tracker.unwrapped
     env.agent_pos, env.agent_dir = np.array([1, 1]), 0
     env.grid.set(2, 1, Key("yellow"))
-    tracker.before = prompts.env_snapshot(tracker)
+    tracker.before = bot.env_snapshot(tracker)
     assert step_texts(tracker, PICKUP) == ["pick up the yellow key"]
 
 
 def test_the_last_step_of_an_episode_is_read_from_final_info():
-    envs = gym.vector.SyncVectorEnv([lambda: prompts.SubgoalTracker(gym.make("MiniGrid-Empty-5x5-v0"))] * 2,
+    envs = gym.vector.SyncVectorEnv([lambda: bot.SubgoalTracker(gym.make("MiniGrid-Empty-5x5-v0"))] * 2,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     envs.reset(seed=0)
     for env in envs.envs:  # one step from the goal at (3, 3), facing it
         env.unwrapped.agent_pos, env.unwrapped.agent_dir = np.array([3, 2]), 1
-        env.before = prompts.env_snapshot(env)
+        env.before = bot.env_snapshot(env)
     _, reward, terminated, _, infos = envs.step(np.array([FORWARD, LEFT]))
     assert terminated.tolist() == [True, False] and reward[0] > 0
-    assert prompts.subgoals_from_infos(infos, 2) == [["go to the green goal"], []]
+    assert bot.subgoals_from_infos(infos, 2) == [["go to the green goal"], []]
     envs.close()
 
 
 def test_bonus_weights_prob_topk_and_ties():
     probs = np.array([0.5, 0.3, 0.2])
-    np.testing.assert_allclose(prompts.bonus_weights(probs, "prob"), probs)
-    np.testing.assert_allclose(prompts.bonus_weights(probs, "topk", 1), [1, 0, 0])
-    np.testing.assert_allclose(prompts.bonus_weights(probs, "topk", 2), [1, 1, 0])
-    np.testing.assert_allclose(prompts.bonus_weights(np.full(4, 0.25), "topk", 1), 0.25)  # uniform: k/n each
-    np.testing.assert_allclose(prompts.bonus_weights(np.zeros(3), "topk", 1), 0)  # expert, nothing on its plan
+    np.testing.assert_allclose(bot.bonus_weights(probs, "prob"), probs)
+    np.testing.assert_allclose(bot.bonus_weights(probs, "topk", 1), [1, 0, 0])
+    np.testing.assert_allclose(bot.bonus_weights(probs, "topk", 2), [1, 1, 0])
+    np.testing.assert_allclose(bot.bonus_weights(np.full(4, 0.25), "topk", 1), 0.25)  # uniform: k/n each
+    np.testing.assert_allclose(bot.bonus_weights(np.zeros(3), "topk", 1), 0)  # expert, nothing on its plan
 
 
 def test_the_expert_ranks_the_bots_next_step_first_and_following_it_pays_every_achievement():
-    expert, uniform = prompts.make_advisor("expert"), prompts.make_advisor("uniform")
+    expert, uniform = advisers.make_advisor("expert"), advisers.make_advisor("uniform")
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
     for seed in range(3):
-        env = prompts.SubgoalTracker(prompts.BabyAIBotWrapper(gym.make("BabyAI-UnlockLocal-v0")))
+        env = bot.SubgoalTracker(bot.BabyAIBotWrapper(gym.make("BabyAI-UnlockLocal-v0")))
         obs, info = env.reset(seed=seed)
         achieved_all, unpaid = [], []
         for _ in range(100):
@@ -157,7 +158,7 @@ def test_the_expert_ranks_the_bots_next_step_first_and_following_it_pays_every_a
 
 # ---- the real LLM ---------------------------------------------------------------------------------------------------
 def test_llm_subgoal_probs_is_a_cached_distribution_over_the_candidates(tmp_path):
-    advisor = prompts.make_advisor("llm", n_threads=1, cache_dir=str(tmp_path),
+    advisor = advisers.make_advisor("llm", n_threads=1, cache_dir=str(tmp_path),
                                            actions=prompts.allowed_actions("BabyAI-UnlockLocal-v0"))
     obs_text = "Goal: open the door. You see locked red door two forward one right, red key one left. You carry nothing."
     candidates = ["pick up the red key", "go to the red key", "go to the red door"]
@@ -170,7 +171,7 @@ def test_llm_subgoal_probs_is_a_cached_distribution_over_the_candidates(tmp_path
     assert advisor.subgoal_probs(obs_text, candidates[:1]).tolist() == [1.0] and advisor.stats["queries"] == 2
     assert advisor.action_probs([obs_text]).shape == (1, 7)  # still the action adviser too
     advisor.close()
-    again = prompts.make_advisor("llm", n_threads=1, cache_dir=str(tmp_path), actions=advisor.actions)
+    again = advisers.make_advisor("llm", n_threads=1, cache_dir=str(tmp_path), actions=advisor.actions)
     np.testing.assert_allclose(again.subgoal_probs(obs_text, candidates), probs, atol=1e-6)
     assert again.stats["disk_hits"] == 1 and again.stats["misses"] == 0  # and it persists on disk
     again.close()

@@ -19,7 +19,7 @@ import torch
 from conftest import ROOT, TINY, only_run, outside_repo, run_script, scalars
 
 import plot
-import prompts
+from llmppo import llama
 
 LLM_SCRIPTS = ["ppo_llm_policy.py", "ppo_llm_explore.py"]
 
@@ -274,7 +274,7 @@ def test_a_damaged_result_file_counts_as_not_run(tmp_path):
 @pytest.fixture(scope="module")
 def broken_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
-    data = open(prompts.default_model_path(), "rb").read()
+    data = open(llama.default_model_path(), "rb").read()
     (folder / "truncated.gguf").write_bytes(data[: len(data) // 2])
     (folder / "notes.gguf").write_text("not a model")
     return folder

@@ -11,6 +11,7 @@ import pytest
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 
 import prompts
+from llmppo import advisers, bot, flat_obs, llama
 from conftest import ROOT, outside_repo
 from prompts import (
     DONE, DROP, FORWARD, LEFT, PICKUP, RIGHT, TOGGLE, describe_observation, parse_action_reply,
@@ -128,24 +129,24 @@ def test_allowed_actions_per_env():
 # ----------------------------------------------------------------------------------------------------
 def test_missing_model_path_is_a_one_line_error(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
-        prompts.resolve_model_path(str(tmp_path / "nope.gguf"))
+        llama.resolve_model_path(str(tmp_path / "nope.gguf"))
     message = str(error.value)
     assert "does not exist" in message and "--llm-model-path" in message and "Llama-2-7B-Chat-GGUF" in message
     assert "\n" not in message
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"this is not a model")
     with pytest.raises(ValueError, match="not a GGUF file"):
-        prompts.resolve_model_path(str(not_gguf))
-    assert prompts.resolve_model_path(None).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+        llama.resolve_model_path(str(not_gguf))
+    assert llama.resolve_model_path(None).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def test_make_advisor_rejects_unknown_names_and_bad_flags():
     with pytest.raises(ValueError, match="unknown adviser 'oracle'"):
-        prompts.make_advisor("oracle")
+        advisers.make_advisor("oracle")
     with pytest.raises(ValueError, match="--llm-temperature"):
-        prompts.make_advisor("llm", temperature=0.0)
+        advisers.make_advisor("llm", temperature=0.0)
     with pytest.raises(ValueError, match="--llm-mode"):
-        prompts.make_advisor("llm", mode="chat")
+        advisers.make_advisor("llm", mode="chat")
 
 
 def assert_valid_probs(probs, n_rows):
@@ -156,7 +157,7 @@ def assert_valid_probs(probs, n_rows):
 
 def test_expert_uniform_and_random_advisers():
     texts = ["Goal: a. You see nothing. You carry nothing.", "Goal: b. You see nothing. You carry nothing."]
-    expert = prompts.make_advisor("expert", smoothing=0.1, actions=[0, 1, 2])
+    expert = advisers.make_advisor("expert", smoothing=0.1, actions=[0, 1, 2])
     probs = expert.action_probs(texts, np.array([2, -1]))
     assert_valid_probs(probs, 2)
     assert probs[0].argmax() == FORWARD and probs[0, FORWARD] > 0.9
@@ -165,24 +166,24 @@ def test_expert_uniform_and_random_advisers():
     with pytest.raises(ValueError, match="BabyAIBotWrapper"):
         expert.action_probs(texts)
 
-    uniform = prompts.make_advisor("uniform", actions=[0, 1, 2, 3])
+    uniform = advisers.make_advisor("uniform", actions=[0, 1, 2, 3])
     probs = uniform.action_probs(texts)
     assert_valid_probs(probs, 2)
     np.testing.assert_allclose(probs, 1 / 7, atol=1e-6)  # all 7 actions: the exact no-advice control
 
-    random_advisor = prompts.make_advisor("random", seed=3)
+    random_advisor = advisers.make_advisor("random", seed=3)
     first, again = random_advisor.action_probs(texts), random_advisor.action_probs(texts[::-1])[::-1]
     assert_valid_probs(first, 2)
     np.testing.assert_array_equal(first, again)  # consistent per observation text
     assert not np.allclose(first[0], first[1])  # but different across texts
-    assert not np.allclose(first, prompts.make_advisor("random", seed=4).action_probs(texts))
+    assert not np.allclose(first, advisers.make_advisor("random", seed=4).action_probs(texts))
 
 
 # ----------------------------------------------------------------------------------------------------
 # the real LLM
 # ----------------------------------------------------------------------------------------------------
 def reset_texts(env_id, seeds):
-    env = prompts.BabyAIBotWrapper(gym.make(env_id)) if env_id.startswith("BabyAI") else gym.make(env_id)
+    env = bot.BabyAIBotWrapper(gym.make(env_id)) if env_id.startswith("BabyAI") else gym.make(env_id)
     texts = []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
@@ -278,13 +279,14 @@ def test_cached_score_equals_a_fresh_score_and_a_full_prompt_evaluation(advisor,
 
     # The prefix KV reuse gives the same log-probs as evaluating the whole prompt from scratch.
     text = gotolocal_texts[0]
-    llm = fresh_advisor.llm
-    full_prompt = fresh_advisor.tokenize_prompt(text)
-    assert full_prompt[:fresh_advisor.n_prefix_tokens] == fresh_advisor.prefix_tokens
+    fresh_backend = fresh_advisor.backend  # the in-process model (llmppo.llama.LlamaBackend)
+    llm = fresh_backend.llm
+    full_prompt = fresh_backend.tokenize_prompt(text)
+    assert full_prompt[:fresh_backend.n_prefix_tokens] == fresh_backend.prefix_tokens
     llm.n_tokens = 0
     llm.eval(full_prompt)
-    log_probs = fresh_advisor._last_log_probs()
-    from_scratch = [log_probs[fresh_advisor.answer_tokens[a][0]] for a in advisor.actions]
+    log_probs = fresh_backend._last_log_probs()
+    from_scratch = [log_probs[fresh_backend.answer_tokens[a][0]] for a in advisor.actions]
     reused = np.array(advisor.raw_answer(text))[advisor.actions]
     np.testing.assert_allclose(reused, from_scratch, atol=2e-2)
     fresh_advisor.close()
@@ -360,7 +362,7 @@ def test_generate_mode_and_garbage_reply_fallback(gotolocal_texts):
 # the expert wrapper
 # ----------------------------------------------------------------------------------------------------
 def test_following_the_expert_solves_gotolocal():
-    env = prompts.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0"))
+    env = bot.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0"))
     successes = 0
     for seed in range(10):
         obs, info = env.reset(seed=seed)
@@ -381,23 +383,23 @@ def test_the_texts_of_the_scripts_flat_observations_are_those_of_the_dict_ones()
     for seed in range(5):
         obs, _ = env.reset(seed=seed)
         flat, cache = baseline.flatten_observation(obs, {}), {}
-        texts = prompts.observation_texts(np.stack([flat, flat]), cache, baseline.MISSION_WORDS)
+        texts = flat_obs.observation_texts(np.stack([flat, flat]), cache, baseline.MISSION_WORDS)
         assert texts == [describe_observation(obs["image"], obs["direction"], obs["mission"])] * 2 and len(cache) == 1
 
 
 def test_expert_wrapper_in_a_vector_env_and_elsewhere():
     envs = gym.vector.SyncVectorEnv(
-        [lambda: prompts.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0")) for _ in range(2)])
+        [lambda: bot.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0")) for _ in range(2)])
     obs, infos = envs.reset(seed=0)
-    expert_actions = prompts.expert_actions_from_infos(infos, 2)
+    expert_actions = bot.expert_actions_from_infos(infos, 2)
     assert expert_actions.shape == (2,) and np.all((0 <= expert_actions) & (expert_actions < 7))
     for _ in range(5):
         obs, _, _, _, infos = envs.step(np.random.default_rng(0).integers(0, 3, size=2))
-        assert np.all(prompts.expert_actions_from_infos(infos, 2) >= -1)
+        assert np.all(bot.expert_actions_from_infos(infos, 2) >= -1)
     envs.close()
 
     with pytest.warns(UserWarning, match="not a BabyAI level"):
-        env = prompts.BabyAIBotWrapper(gym.make("MiniGrid-DoorKey-5x5-v0"))
+        env = bot.BabyAIBotWrapper(gym.make("MiniGrid-DoorKey-5x5-v0"))
     _, info = env.reset(seed=0)
     assert info["expert_action"] == -1
 
@@ -408,7 +410,7 @@ def test_expert_wrapper_in_a_vector_env_and_elsewhere():
 @pytest.fixture(scope="module")
 def bot_states():
     """Distinct (observation text, expert action) pairs from GoToLocal episodes led by the bot with 30% random actions."""
-    env = prompts.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0"))
+    env = bot.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0"))
     rng = np.random.default_rng(0)
     states = {}
     for seed in range(150):
@@ -427,7 +429,7 @@ def bot_states():
 @pytest.mark.parametrize("accuracy", [1.0, 0.6, 0.25, 0.0])
 def test_noisy_expert_agreement_matches_its_accuracy(bot_states, accuracy):
     texts, expert_actions = bot_states
-    advisor = prompts.make_advisor("noisy-expert", accuracy=accuracy, seed=1,
+    advisor = advisers.make_advisor("noisy-expert", accuracy=accuracy, seed=1,
                                    actions=prompts.allowed_actions("BabyAI-GoToLocal-v0"))
     probs = advisor.action_probs(texts, expert_actions)
     assert_valid_probs(probs, len(texts))
@@ -444,21 +446,21 @@ def test_noisy_expert_agreement_matches_its_accuracy(bot_states, accuracy):
 
 def test_noisy_expert_calibrated_confidence_and_subgoal_ranking(bot_states):
     texts, expert_actions = bot_states
-    calibrated = prompts.make_advisor("noisy-expert", accuracy=0.6, calibrated=True, actions=[0, 1, 2, 3, 4, 5])
+    calibrated = advisers.make_advisor("noisy-expert", accuracy=0.6, calibrated=True, actions=[0, 1, 2, 3, 4, 5])
     probs = calibrated.action_probs(texts[:50], expert_actions[:50])
     np.testing.assert_allclose(probs.max(1), 0.6, atol=1e-3)
     assert calibrated.action_probs(texts[:1], [-1])[0].max() < 0.2 and calibrated.stats["fallbacks"] == 1
     with pytest.raises(ValueError, match="BabyAIBotWrapper"):
         calibrated.action_probs(texts[:1])
     with pytest.raises(ValueError, match="accuracy"):
-        prompts.make_advisor("noisy-expert", accuracy=1.5)
+        advisers.make_advisor("noisy-expert", accuracy=1.5)
 
     candidates = ["pick up the red key", "open the red door", "go to the green goal", "drop the ball"]
     for accuracy in (1.0, 0.5):
-        noisy = prompts.make_advisor("noisy-expert", accuracy=accuracy, seed=2)
+        noisy = advisers.make_advisor("noisy-expert", accuracy=accuracy, seed=2)
         tops = [noisy.subgoal_probs(text, candidates, expert_plan=["open the red door"]).argmax() for text in texts]
         agreement = np.mean(np.array(tops) == 1)
         assert abs(agreement - accuracy) <= 4 * np.sqrt(accuracy * (1 - accuracy) / len(texts)) + 1e-9
     # nothing on the bot's plan: a right answer pays nothing (zeros, like the expert), a wrong one ranks a candidate
-    off_plan = [prompts.make_advisor("noisy-expert", accuracy=0.5).subgoal_probs(text, candidates) for text in texts]
+    off_plan = [advisers.make_advisor("noisy-expert", accuracy=0.5).subgoal_probs(text, candidates) for text in texts]
     assert 0.35 < np.mean([not probs.any() for probs in off_plan]) < 0.65

@@ -4,6 +4,7 @@ import numpy as np
 
 import advice_eval
 import prompts
+from llmppo import advisers
 
 
 def test_ranking_table_from_real_bot_plans_and_the_real_model(tmp_path):
@@ -39,7 +40,7 @@ def test_cyclic_orders_average_every_position_back_onto_the_candidates(tmp_path)
 def test_the_noisy_ranker_puts_the_bots_subgoal_first_with_probability_p():
     states = advice_eval.collect_subgoal_states("BabyAI-KeyCorridorS3R1-v0", 300, 0.3, seed=5)
     for accuracy in (1.0, 0.6, 0.25):
-        ranker = prompts.NoisyExpertAdvisor(accuracy=accuracy, seed=1)
+        ranker = advisers.NoisyExpertAdvisor(accuracy=accuracy, seed=1)
         hits = [int(np.argmax(ranker.subgoal_probs(text, candidates, [target])) == candidates.index(target))
                 for text, candidates, target, *_ in states]
         tolerance = 3 * np.sqrt(accuracy * (1 - accuracy) / len(states)) + 1e-9

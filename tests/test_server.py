@@ -13,13 +13,14 @@ import pytest
 from conftest import ROOT, TINY, only_run, outside_repo, run_script, scalars
 
 import prompts
+from llmppo import advisers, llama
 from advice_eval import collect_states
 from bench_server import start_server, stop_server
 
 
 @pytest.fixture(scope="session")
 def server():
-    process, base_url = start_server(prompts.default_model_path())
+    process, base_url = start_server(llama.default_model_path())
     yield base_url
     stop_server(process)
 
@@ -27,8 +28,8 @@ def server():
 def test_served_scores_equal_the_in_process_ones(server):
     texts, _ = collect_states("BabyAI-UnlockLocal-v0", 20, 0.2, seed=1)
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
-    local = prompts.make_advisor("llm", actions=actions, cache_dir=None, n_threads=1)
-    served = prompts.make_advisor("llm", actions=actions, cache_dir=None, base_url=server)
+    local = advisers.make_advisor("llm", actions=actions, cache_dir=None, n_threads=1)
+    served = advisers.make_advisor("llm", actions=actions, cache_dir=None, base_url=server)
     local_probs, served_probs = local.action_probs(texts), served.action_probs(texts)
     assert served.stats["misses"] == len(set(texts)) and served.stats["requests"] >= len(set(texts))
     assert served.stats["prompt_tokens"] > 0 and served.stats["fallbacks"] == 0
@@ -49,7 +50,7 @@ def test_a_small_top_k_floors_missing_words_and_rps_is_capped(server):
     texts, _ = collect_states("BabyAI-UnlockLocal-v0", 12, 0.2, seed=2)
     texts = list(dict.fromkeys(texts))
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
-    served = prompts.make_advisor("llm", actions=actions, cache_dir=None, base_url=server, top_logprobs=2, max_rps=5)
+    served = advisers.make_advisor("llm", actions=actions, cache_dir=None, base_url=server, top_logprobs=2, max_rps=5)
     start = time.monotonic()
     probs = served.action_probs(texts)
     elapsed = time.monotonic() - start
@@ -82,7 +83,7 @@ def test_tiny_runs_log_usage_and_a_second_run_makes_no_request(server, script, e
 
 
 def test_a_server_stopped_mid_run_gives_fallbacks_and_one_warning(tmp_path):
-    process, base_url = start_server(prompts.default_model_path())
+    process, base_url = start_server(llama.default_model_path())
     try:
         run = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "ppo_llm_policy.py"), "--llm-base-url", base_url, "--llm-timeout", "2",
@@ -132,7 +133,7 @@ def test_the_chat_api_reads_answer_words_or_counts_a_fallback(server):
     texts, _ = collect_states("BabyAI-GoToLocal-v0", 6, 0.2, seed=3)
     texts = list(dict.fromkeys(texts))
     actions = prompts.allowed_actions("BabyAI-GoToLocal-v0")
-    chat = prompts.make_advisor("llm", actions=actions, cache_dir=None, base_url=server, api="chat")
+    chat = advisers.make_advisor("llm", actions=actions, cache_dir=None, base_url=server, api="chat")
     probs = chat.action_probs(texts)
     uniform = prompts.finalize_probs(prompts.uniform_probs(actions))
     no_word = [np.allclose(row, uniform) for row in probs]  # SmolLM2's chat answers often start with "You ..."

@@ -20,7 +20,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ppo_baseline  # noqa: E402  (the three scripts share this agent and observation)
 from llmppo import runs  # noqa: E402
-import prompts  # noqa: E402  (its BabyAIBotWrapper runs the bot, as for the expert adviser)
+from llmppo.bot import BabyAIBotWrapper  # noqa: E402  (runs the bot, as for the expert adviser)
 
 
 @dataclass
@@ -100,7 +100,7 @@ def main():
         fail(f"{args.checkpoint} holds another network than this version's agent: train a new agent")
     agent.eval()
     torch.manual_seed(args.first_seed)
-    bot_env = prompts.BabyAIBotWrapper(gym.make(args.env_id))
+    bot_env = BabyAIBotWrapper(gym.make(args.env_id))
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.episodes):
         rows.append((*play_actor(agent, env, seed, args.argmax), play_bot(bot_env, seed)))

@@ -22,10 +22,14 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import prompts  # noqa: E402
+from llmppo import bot  # noqa: E402
+from llmppo.advisers import make_advisor  # noqa: E402
+from llmppo.llama import resolve_model_path  # noqa: E402
+from llmppo.llm_flags import LLMFlags, llm_flag_error, make_advisor_from_flags  # noqa: E402
 
 
 @dataclass
-class Args:
+class Args(LLMFlags):
     env_ids: tuple[str, ...] = ("BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-UnlockLocal-v0",
                                 "BabyAI-OpenDoor-v0")
     """BabyAI levels to sample states from (the expert bot must be able to solve them)"""
@@ -37,36 +41,13 @@ class Args:
     """seed of the rollouts and of the random adviser"""
     batch_size: int = 8
     """observations per action_probs call (like a vector env with this many envs)"""
-    llm_model_path: str | None = None
-    """GGUF model file; None: the embedded SmolLM2-135M-Instruct"""
-    llm_n_gpu_layers: int = 0
-    """layers to offload to a GPU (needs a GPU build of llama-cpp-python)"""
-    llm_n_threads: int | None = None
-    """llama.cpp threads; None: all cores"""
-    llm_n_ctx: int = 512
-    """LLM context length in tokens"""
     llm_temperature: float = 1.0
     """softmax temperature over the action words' log-probs (higher = softer)"""
     llm_mode: str = "score"
     """'score' (next-token log-probs of the action words) or 'generate' (parse a short answer)"""
-    llm_base_url: str | None = None
-    """an OpenAI-compatible LLM server, e.g. http://127.0.0.1:8080/v1; None: the GGUF model in this process"""
-    llm_model: str | None = None
-    """the served model's name (default: the server's only model)"""
-    llm_api: str = "completions"
-    """completions: the in-process prompt text and next-token log-probs; chat: messages and the answer's top_logprobs"""
-    llm_api_key_env: str | None = None
-    """name of the environment variable that holds the server's API key (never the key itself)"""
-    llm_top_logprobs: int = 100
-    """top log-probs asked of the server per answer token (a server that allows fewer gets its maximum, 20)"""
-    llm_max_concurrency: int = 16
-    """server queries of one batch sent at once"""
-    llm_max_rps: float = 0.0
-    """at most this many server requests per second (0: no limit)"""
-    llm_timeout: float = 30.0
-    """seconds one server query may take, retries included"""
     llm_cache_dir: str | None = None
     """persistent cache; None: a fresh temporary directory, so uncached timings are honest"""
+    llm_usd_per_mtok: tyro.conf.Suppress[float] = 0.0  # no cost estimate here: not a flag of this tool
     output: str | None = None
     """also write the Markdown report to this file"""
     subgoal_env_ids: tuple[str, ...] = ("BabyAI-KeyCorridorS3R1-v0", "BabyAI-UnlockLocal-v0",
@@ -78,7 +59,7 @@ class Args:
 
 def collect_states(env_id: str, num_states: int, random_action_prob: float, seed: int):
     """(observation texts, expert actions) from bot-led rollouts with random detours."""
-    env = prompts.BabyAIBotWrapper(gym.make(env_id))
+    env = bot.BabyAIBotWrapper(gym.make(env_id))
     rng = np.random.default_rng(seed)
     texts, expert_actions = [], []
     episode = 0
@@ -118,37 +99,28 @@ def raw_eval_speed(advisor, texts):
     """Tokens/s and queries/s of bare llm.eval over each prompt's non-prefix tokens (no caches)."""
     n_tokens, seconds = 0, 0.0
     for text in dict.fromkeys(texts):  # unique texts, like the uncached pass
-        prompt_tokens = advisor.tokenize_prompt(text)
-        advisor.llm.n_tokens = advisor.n_prefix_tokens
+        prompt_tokens = advisor.backend.tokenize_prompt(text)
+        advisor.backend.llm.n_tokens = advisor.backend.n_prefix_tokens
         start = time.perf_counter()
-        advisor.llm.eval(prompt_tokens[advisor.n_prefix_tokens:])
+        advisor.backend.llm.eval(prompt_tokens[advisor.backend.n_prefix_tokens:])
         seconds += time.perf_counter() - start
-        n_tokens += len(prompt_tokens) - advisor.n_prefix_tokens
+        n_tokens += len(prompt_tokens) - advisor.backend.n_prefix_tokens
     return n_tokens / seconds, len(dict.fromkeys(texts)) / seconds
-
-
-def llm_kwargs(args: Args, cache_dir: str) -> dict:
-    return dict(model_path=args.llm_model_path, n_gpu_layers=args.llm_n_gpu_layers, n_threads=args.llm_n_threads,
-                n_ctx=args.llm_n_ctx, temperature=args.llm_temperature, mode=args.llm_mode, cache_dir=cache_dir,
-                base_url=args.llm_base_url, model=args.llm_model, api=args.llm_api, api_key_env=args.llm_api_key_env,
-                top_logprobs=args.llm_top_logprobs, max_concurrency=args.llm_max_concurrency, max_rps=args.llm_max_rps,
-                timeout=args.llm_timeout)
 
 
 def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
     texts, expert_actions = collect_states(env_id, args.num_states, args.random_action_prob, args.seed)
     actions = prompts.allowed_actions(env_id)
-    kwargs = llm_kwargs(args, cache_dir)
     rows, summary = [], {}
 
-    llm = prompts.make_advisor("llm", actions=actions, **kwargs)
+    llm = make_advisor_from_flags(args, actions=actions, cache_dir=cache_dir)
     probs, _ = run_batches(llm, texts, args.batch_size)  # pass 1: uncached (repeated states hit memory)
     stats = dict(llm.stats)
     _, cached_seconds = run_batches(llm, texts, args.batch_size)  # pass 2: same states, memory cache
     served = args.llm_base_url is not None  # no llama.cpp here to time bare evaluation with
     raw_tok_per_s, raw_q_per_s = (float("nan"), float("nan")) if served else raw_eval_speed(llm, texts)
     llm.close()
-    disk_llm = prompts.make_advisor("llm", actions=actions, **kwargs)  # like a second run: disk cache
+    disk_llm = make_advisor_from_flags(args, actions=actions, cache_dir=cache_dir)  # like a second run: disk cache
     _, disk_seconds = run_batches(disk_llm, texts, args.batch_size)
     disk_hit_rate = disk_llm.stats["hit_rate"]
     disk_llm.close()
@@ -168,8 +140,8 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
                  f"{stats['tokens_per_uncached_query']:.1f} / {stats['prompt_tokens_per_query']:.0f}", tok_s))
 
     always_forward = np.tile(prompts.finalize_probs(np.eye(prompts.NUM_ACTIONS)[prompts.FORWARD]), (len(texts), 1))
-    baselines = [("uniform", prompts.make_advisor("uniform", actions=actions)),
-                 ("random", prompts.make_advisor("random", seed=args.seed, actions=actions))]
+    baselines = [("uniform", make_advisor("uniform", actions=actions)),
+                 ("random", make_advisor("random", seed=args.seed, actions=actions))]
     for name, advisor in baselines + [("always forward", None)]:
         if advisor is None:
             baseline_probs, seconds = always_forward, 0.0
@@ -198,7 +170,7 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
 def collect_subgoal_states(env_id: str, num_states: int, random_action_prob: float, seed: int):
     """(observation text, candidate texts, the one the bot plans next, view, mission, candidate Subgoals) from bot-led
     rollouts: states with at least two candidates, one of them on the bot's plan (the first one on it is the target)."""
-    env = prompts.SubgoalTracker(prompts.BabyAIBotWrapper(gym.make(env_id)))
+    env = bot.SubgoalTracker(bot.BabyAIBotWrapper(gym.make(env_id)))
     rng, actions, states, episode = np.random.default_rng(seed), prompts.allowed_actions(env_id), [], 0
     while len(states) < num_states and episode < 50 * num_states:
         obs, info = env.reset(seed=seed * 10_000 + episode)
@@ -251,7 +223,7 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
     if not states:
         return f"### {env_id}: no state with two candidates and one on the bot's plan\n", {}
     targets = [candidates.index(target) for _, candidates, target, *_ in states]
-    llm = prompts.make_advisor("llm", actions=prompts.allowed_actions(env_id), **llm_kwargs(args, cache_dir))
+    llm = make_advisor_from_flags(args, actions=prompts.allowed_actions(env_id), cache_dir=cache_dir)
     rankers = {}
     for orders in prompts.SUBGOAL_ORDERS:  # 'listed' first: its queries are the first shift of 'cyclic'
         llm.subgoal_orders = orders
@@ -259,7 +231,7 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
             llm.subgoal_probs(text, candidates) for text, candidates, *_ in states]
     llm.close()
     for name in ("uniform", "random"):
-        adviser = prompts.make_advisor(name, seed=args.seed, actions=prompts.allowed_actions(env_id))
+        adviser = make_advisor(name, seed=args.seed, actions=prompts.allowed_actions(env_id))
         rankers[name + (" (chance)" if name == "uniform" else "")] = [
             adviser.subgoal_probs(text, candidates) for text, candidates, *_ in states]
     for name in ("nearest first", "mission's object first", "pickup > open > through > goto", "always 1st listed",
@@ -317,7 +289,7 @@ def check_args(args: Args) -> str | None:
         return f"--random-action-prob must be in [0, 1], got {args.random_action_prob}"
     if args.output is not None and os.path.isdir(args.output):
         return f"--output {args.output} is a folder: pass a file name"
-    return prompts.llm_flag_error(args)
+    return llm_flag_error(args)
 
 
 def main(args: Args) -> str:
@@ -325,7 +297,7 @@ def main(args: Args) -> str:
         raise ValueError(message)
     threads = args.llm_n_threads or os.cpu_count()
     model_name = (f"{args.llm_model or 'the served model'} at {args.llm_base_url} ({args.llm_api})" if args.llm_base_url
-                  else os.path.basename(prompts.resolve_model_path(args.llm_model_path)))
+                  else os.path.basename(resolve_model_path(args.llm_model_path)))
     header = [f"## Advice accuracy and speed: {model_name}, "
               f"mode={args.llm_mode}, temperature={args.llm_temperature}, {threads} llama.cpp thread(s), "
               f"{args.num_states} states per level, {args.random_action_prob:.0%} random actions", ""]

@@ -24,6 +24,8 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import prompts  # noqa: E402
 from advice_eval import collect_states  # noqa: E402
+from llmppo.advisers import make_advisor  # noqa: E402
+from llmppo.llama import resolve_model_path  # noqa: E402
 
 
 @dataclass
@@ -90,7 +92,7 @@ def ms_per_query(advisor, texts, batch_size):
 
 
 def main(args: Args):
-    model_path = prompts.resolve_model_path(args.llm_model_path)
+    model_path = resolve_model_path(args.llm_model_path)
     texts = []
     seed = 1
     while len(texts) < args.num_states:  # distinct texts only, so every query is uncached
@@ -103,23 +105,23 @@ def main(args: Args):
     requests_per_query = []
     try:
         for _ in range(args.rounds):
-            local = prompts.make_advisor("llm", actions=actions, model_path=model_path, n_threads=args.threads,
-                                         cache_dir=None)
+            local = make_advisor("llm", actions=actions, model_path=model_path, n_threads=args.threads,
+                                 cache_dir=None)
             results["in process"].append(ms_per_query(local, texts, args.batch_size))
             local.close()
             for concurrency in (1, 16):
-                served = prompts.make_advisor("llm", actions=actions, model_path=model_path, cache_dir=None,
-                                              base_url=base_url, max_concurrency=concurrency)
+                served = make_advisor("llm", actions=actions, model_path=model_path, cache_dir=None,
+                                      base_url=base_url, max_concurrency=concurrency)
                 results[f"HTTP, concurrency {concurrency}"].append(ms_per_query(served, texts, args.batch_size))
                 requests_per_query.append(served.stats["requests"] / len(texts))
                 served.close()
         # The same prompt again and again: the server's prefix cache leaves one token to evaluate, the rest is the
         # cost of a request itself (HTTP, JSON, the server's log-prob bookkeeping).
-        served = prompts.make_advisor("llm", actions=actions, model_path=model_path, cache_dir=None, base_url=base_url)
-        served._answer(texts[0])
+        served = make_advisor("llm", actions=actions, model_path=model_path, cache_dir=None, base_url=base_url)
+        served.backend.answer(texts[0])
         start = time.perf_counter()
         for _ in range(10):
-            served._answer(texts[0])
+            served.backend.answer(texts[0])
         repeat_ms = 100 * (time.perf_counter() - start)
         served.close()
     finally:

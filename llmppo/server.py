@@ -1,0 +1,399 @@
+"""The LLM behind an OpenAI-compatible server (llama-server, vLLM, Ollama, llama_cpp.server, OpenAI).
+
+LLMServer does the HTTP: one shared client, a request-rate cap, retries with backoff, token accounting.
+ServerBackend is the served backend of prompts.LLMAdvisor (same prompts, caches and decoding as in process), with
+each uncached query sent to the server:
+  --llm-api completions: the in-process prompt text and the next token's top log-probs; allowed words missing from
+                         the top-K are scored as continuations (prompt + word, echo + logprobs) where the server
+                         offers that (llama_cpp.server, vLLM), else they get the floor probability;
+  --llm-api chat:        system + user messages and the first answer token's top_logprobs (OpenAI, Ollama).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+import numpy as np
+
+import prompts
+from llmppo.llama import chat_template_kwargs, load_llama, resolve_model_path
+
+LLM_APIS = ("completions", "chat")
+START_A_SERVER = ("start one, e.g. `python -m llama_cpp.server --model FILE.gguf --host 127.0.0.1 --port 8080` "
+                  "(README: Serving a bigger LLM), or fix --llm-base-url")
+MAX_BACKOFF_SECONDS = 2.0
+
+
+def check_api_key_env(api_key_env: str):
+    """ValueError unless the environment variable named `api_key_env` holds a key (the key is never a flag)."""
+    if not os.environ.get(api_key_env):
+        raise ValueError(f"--llm-api-key-env {api_key_env}: that environment variable is not set or empty; "
+                         f"export {api_key_env}=<your key> (a key is never passed as a flag)")
+
+
+class ServerError(Exception):
+    """A request that failed for good: past --llm-timeout, or an answer that retrying cannot fix."""
+
+
+class LLMServer:
+    """HTTP to one OpenAI-compatible server, safe to share between threads.
+
+    Each request waits for its slot under `max_rps` (requests start at least 1/max_rps seconds apart); HTTP 429, 5xx,
+    timeouts and connection errors are retried with exponential backoff and full jitter until `timeout` seconds have
+    passed since the first try. After a request failed for good the server counts as down: each request is tried
+    once, without retries, until one succeeds (a stopped server then costs one refused connection per query).
+    The API key is read from the environment variable named `api_key_env` and lives only in the client's headers.
+    """
+
+    def __init__(self, base_url: str, api_key_env: str | None = None, timeout: float = 30.0, max_rps: float = 0.0,
+                 max_concurrency: int = 16):
+        import random
+        import threading
+
+        import httpx
+
+        headers = {}
+        if api_key_env:
+            check_api_key_env(api_key_env)
+            headers["Authorization"] = "Bearer " + os.environ[api_key_env]
+        self.base_url, self.timeout, self.max_rps = base_url.rstrip("/"), float(timeout), float(max_rps)
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout,
+                                   limits=httpx.Limits(max_connections=max_concurrency,
+                                                       max_keepalive_connections=max_concurrency))
+        self.lock, self.jitter = threading.Lock(), random.Random()  # own RNG: training's `random` stays untouched
+        self.next_start, self.down = 0.0, False
+        self.stop = lambda: False  # ServerBackend points it at the adviser's stop: no retries after a Ctrl-C
+        self.counts = dict(requests=0, retries=0, failed_requests=0, prompt_tokens=0, completion_tokens=0)
+
+    def _wait_for_slot(self):
+        if self.max_rps <= 0:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_start)
+            self.next_start = start + 1.0 / self.max_rps
+        time.sleep(max(0.0, start - now))
+
+    def _count(self, **increments):
+        with self.lock:
+            for name, value in increments.items():
+                self.counts[name] += value
+
+    def request(self, method: str, path: str, payload: dict | None = None, retry: bool = True,
+                budget: float | None = None, retry_refused: bool = True) -> dict:
+        """The JSON answer of one request (retried as the class says, for `budget` seconds instead of the timeout
+        if given, and not after a refused connection without `retry_refused`); raises ServerError when it gives up."""
+        import httpx
+
+        deadline, attempt = time.monotonic() + (self.timeout if budget is None else budget), 0
+        retry = retry and not self.down
+        while True:
+            self._wait_for_slot()
+            self._count(requests=1)
+            retry_after = 0.0
+            try:
+                response = self.client.request(method, path, json=payload,
+                                               timeout=max(deadline - time.monotonic(), 0.1))
+                if response.status_code < 400:
+                    answer = response.json()
+                    usage = answer.get("usage") or {}
+                    self._count(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                completion_tokens=int(usage.get("completion_tokens") or 0))
+                    self.down = False
+                    return answer
+                problem = f"HTTP {response.status_code} from {path}: {response.text.strip()[:200]}"
+                retryable = response.status_code == 429 or response.status_code >= 500
+                with contextlib.suppress(ValueError, TypeError):
+                    retry_after = float(response.headers.get("retry-after", 0))
+            except httpx.TransportError as error:  # refused, reset, timed out
+                problem = f"{type(error).__name__} ({error})"
+                retryable = retry_refused or not isinstance(error, httpx.ConnectError)
+            except (ValueError, AttributeError) as error:  # a 2xx answer that is not a JSON object
+                problem, retryable = f"an answer that is not JSON ({error})", False
+            delay = max(retry_after, self.jitter.uniform(0, min(MAX_BACKOFF_SECONDS, 0.1 * 2 ** attempt)))
+            if not (retry and retryable) or time.monotonic() + delay >= deadline or self.stop():
+                self._count(failed_requests=1)
+                self.down = self.down or retryable
+                raise ServerError(problem)
+            self._count(retries=1)
+            time.sleep(delay)
+            attempt += 1
+
+    def model_ids(self) -> list[str]:
+        """The served models' names (GET /models), for the up-front checks and the cache identity."""
+        try:
+            # A refused connection fails at once (a wrong URL should not wait); a slow or busy server gets time.
+            answer = self.request("GET", "/models", budget=max(self.timeout, 10.0), retry_refused=False)
+        except ServerError as error:
+            if "HTTP 401" in str(error) or "HTTP 403" in str(error):
+                raise ValueError(f"the LLM server at {self.base_url} refused the request ({str(error)[:80]}): "
+                                 f"check the key in --llm-api-key-env") from None
+            raise ValueError(f"cannot reach an LLM server at --llm-base-url {self.base_url} ({str(error)[:120]}); "
+                             f"{START_A_SERVER}") from None
+        ids = [str(model.get("id")) for model in answer.get("data", []) if isinstance(model, dict)]
+        if not ids:
+            raise ValueError(f"the server at --llm-base-url {self.base_url} lists no model at /models; is it an "
+                             f"OpenAI-compatible server? {START_A_SERVER}")
+        return ids
+
+    def close(self):
+        self.client.close()
+
+
+def top_logprobs(answer: dict, api: str) -> list[tuple[str, float]]:
+    """(token text, log-prob) pairs of the first answer token's top-K, from a completions or chat answer."""
+    try:
+        logprobs = answer["choices"][0]["logprobs"]
+        if api == "chat" or "content" in logprobs:  # the chat form (llama-server uses it for completions too)
+            return [(str(entry["token"]), float(entry["logprob"])) for entry in logprobs["content"][0]["top_logprobs"]]
+        return [(str(text), float(value)) for text, value in logprobs["top_logprobs"][0].items()]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise ServerError("an answer without log-probs") from None
+
+
+def answer_text(answer: dict, api: str) -> str:
+    try:
+        choice = answer["choices"][0]
+        return str(choice["message"]["content"] if api == "chat" else choice["text"])
+    except (KeyError, IndexError, TypeError):
+        raise ServerError("an answer without text") from None
+
+
+def normalized(token_text: str) -> str:
+    """'Forward', ' forward' and 'forward.' all name the answer 'forward' (chat answers have no fixed lead-in)."""
+    return token_text.strip().lower().strip(".,:;!\"'*")
+
+
+def check_server_settings(api: str, top_logprobs: int, max_concurrency: int, max_rps: float, timeout: float):
+    """ValueError for an unknown API or numbers out of range (the flags' own check is llm_flags.llm_flag_error)."""
+    if api not in LLM_APIS:
+        raise ValueError(f"--llm-api must be one of {', '.join(LLM_APIS)}, got {api!r}")
+    if top_logprobs < 1 or max_concurrency < 1 or max_rps < 0 or not timeout > 0:
+        raise ValueError("--llm-top-logprobs and --llm-max-concurrency must be at least 1, --llm-max-rps 0 (no "
+                         "limit) or more and --llm-timeout positive")
+
+
+class ServerBackend:
+    """The served backend of prompts.LLMAdvisor (the module docstring says how it scores).
+
+    Building it connects to the server and checks the model; prepare(adviser) then probes the endpoint once with the
+    adviser's prompt. The prompt text is the in-process one: the chat template comes from a local GGUF when there is
+    one (`model_path`, or the served model's name when that is a GGUF file on this machine, as llama_cpp.server
+    reports it; only the vocabulary is loaded), else from the server's /props (llama-server), else a built-in format
+    chosen by the model's name. The identity (cache keys) is the served model's name, the API and the top-K, so a hit
+    never touches the network. A query that fails past `timeout` gives None (the adviser gives the state uniform
+    advice, counted in stats["fallbacks"]), with one warning line. In-process settings (threads, context size, GPU
+    layers) belong to the server.
+    """
+
+    def __init__(self, base_url: str, model: str | None = None, api: str = "completions", api_key_env: str | None = None,
+                 model_path: str | None = None, top_logprobs: int = 100, max_concurrency: int = 16,
+                 max_rps: float = 0.0, timeout: float = 30.0):
+        check_server_settings(api, top_logprobs, max_concurrency, max_rps, timeout)
+        self.api, self.top_k, self.max_concurrency = api, int(top_logprobs), int(max_concurrency)
+        self.adviser, self.n_prefix_tokens, self.warned = None, 0, False
+        self.server = LLMServer(base_url, api_key_env, timeout, max_rps, max_concurrency)
+        self.server.stop = lambda: self.stop()  # read at each retry, so a stop set later applies
+        served = self.server.model_ids()
+        if model and model not in served:
+            raise ValueError(f"the server at --llm-base-url {base_url} serves {', '.join(served)}; "
+                             f"--llm-model {model} is not one of them")
+        if not model and len(served) > 1:
+            raise ValueError(f"the server at --llm-base-url {base_url} serves several models ({', '.join(served)}): "
+                             f"pick one with --llm-model")
+        self.model = model or served[0]
+        self.template_kwargs, self.template_source = self._template_kwargs(model_path)
+
+    def stop(self) -> bool:
+        return self.adviser is not None and self.adviser.stop()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.server.counts["prompt_tokens"]
+
+    def _template_kwargs(self, model_path: str | None) -> tuple[dict, str]:
+        path = model_path or (self.model if self.model.endswith(".gguf") and os.path.isfile(self.model) else None)
+        if path:
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            path = resolve_model_path(path)
+            with suppress_stdout_stderr(disable=False):  # llama.cpp's C-level log lines
+                vocab = load_llama(model_path=path, vocab_only=True, verbose=False)
+            kwargs = chat_template_kwargs(vocab, path)
+            vocab.close()
+            return kwargs, f"the chat template of {os.path.basename(path)}"
+        with contextlib.suppress(ServerError, AttributeError, TypeError):
+            props = self.server.request("GET", self.server.base_url.rsplit("/v1", 1)[0] + "/props", retry=False)
+            if props.get("chat_template"):
+                return dict(chat_template=props["chat_template"], bos_token=str(props.get("bos_token", "")),
+                            eos_token=str(props.get("eos_token", "")), model_name=self.model), "the server's /props"
+        return dict(model_name=self.model), "a built-in chat format chosen by the model's name"
+
+    def prepare(self, adviser):
+        """The start-up probe with the adviser's prompt (ValueError if the server cannot serve its mode)."""
+        self.adviser = adviser
+        self.echo_scoring, run_timeout = False, self.server.timeout
+        self.server.timeout = max(run_timeout, 10.0)  # the start-up checks wait for a busy server; queries do not
+        try:
+            self.echo_scoring = self._probe()
+        finally:
+            self.server.timeout = run_timeout
+        self.identity = f"served:{self.api}:top{self.top_k}:echo{int(self.echo_scoring)}:{self.model}"
+        self.server.counts = dict.fromkeys(self.server.counts, 0)  # the start-up checks are not queries
+
+    def _probe(self) -> bool:
+        """Queries up front: does the endpoint return log-probs (score mode), how many (a server that allows fewer
+        top log-probs than asked gets its maximum, 20, with a note), and does it score continuations exactly (the
+        echoed log-prob of the top answer token must equal its top-K log-prob: llama_cpp.server's echo is off by one
+        token and fails this)?"""
+        probe = "Goal: probe. You see nothing. You carry nothing."
+        try:
+            if self.adviser.mode == "generate":
+                answer_text(self._request(probe, 1), self.api)
+                return False
+            try:
+                top = top_logprobs(self._request(probe, 1), self.api)
+            except ServerError as error:
+                if self.top_k <= 20 or "HTTP 4" not in str(error):
+                    raise
+                print(f"note: the server at {self.server.base_url} refused {self.top_k} top log-probs; using 20",
+                      flush=True)
+                self.top_k = 20
+                top = top_logprobs(self._request(probe, 1), self.api)
+        except ServerError as error:
+            where = "/chat/completions" if self.api == "chat" else "/completions"
+            raise ValueError(f"the server at {self.server.base_url} answered {where} without usable log-probs "
+                             f"({str(error)[:120]}): use --llm-mode generate, the other --llm-api, or a server that "
+                             f"returns log-probs (llama-server, vLLM, llama_cpp.server)") from None
+        words = [(text, value) for text, value in top if text.strip()]
+        if self.api == "chat" or not words:
+            return False
+        text, value = max(words, key=lambda entry: entry[1])
+        try:
+            echoed = self._continuation_logprob(self.adviser.prompt_text(probe), text)
+        except ServerError:
+            return False
+        return echoed is not None and abs(echoed - value) < 1e-3
+
+    # --- requests ---
+    def _request(self, obs_text: str, max_tokens: int, text: str | None = None, echo: bool = False,
+                 subgoals: bool = False) -> dict:
+        mode = self.adviser.mode
+        payload = dict(model=self.model, max_tokens=max_tokens, temperature=0.0)
+        if self.api == "chat":
+            instructions = prompts.SUBGOAL_INSTRUCTIONS if subgoals else prompts.instruction_text(self.adviser.actions)
+            payload["messages"] = [{"role": "system", "content": prompts.SYSTEM_PROMPT},
+                                   {"role": "user", "content": instructions + obs_text}]
+            if mode == "score" or subgoals:
+                payload |= dict(logprobs=True, top_logprobs=min(self.top_k, 20))
+            return self.server.request("POST", "/chat/completions", payload)
+        payload["prompt"] = self.adviser.prompt_text(obs_text) if text is None else text
+        if mode == "score" or subgoals or echo:
+            payload["logprobs"] = self.top_k
+        if echo:
+            payload |= dict(echo=True, logprobs=1)
+        if mode == "generate" and not subgoals:
+            payload["stop"] = ["\n"]
+        return self.server.request("POST", "/completions", payload)
+
+    def _continuation_logprob(self, prompt: str, continuation: str) -> float | None:
+        """log p(continuation | prompt) from an echo of prompt + continuation: the log-probs of its last tokens (after
+        dropping the generated one), None where the tokens do not end exactly at the prompt's end."""
+        answer = self._request("", 1, text=prompt + continuation, echo=True)
+        try:
+            logprobs = answer["choices"][0]["logprobs"]
+            tokens, token_logprobs = logprobs["tokens"], logprobs["token_logprobs"]
+            echoed = answer["choices"][0]["text"]
+        except (KeyError, IndexError, TypeError):
+            return None
+        generated = echoed[len(prompt + continuation):] if echoed.startswith(prompt + continuation) else None
+        end = len(tokens)
+        while generated and end > 0 and generated.endswith(tokens[end - 1]):  # the generated token(s), if listed
+            generated, end = generated[: len(generated) - len(tokens[end - 1])], end - 1
+        text, total = "", 0.0
+        for position in range(end - 1, 0, -1):
+            if token_logprobs[position] is None:
+                return None
+            text, total = tokens[position] + text, total + float(token_logprobs[position])
+            if text == continuation:
+                return total
+            if len(text) >= len(continuation):
+                return None
+        return None
+
+    def _warn(self, error: ServerError):
+        with self.server.lock:  # queries run in threads: one warning line in all
+            first, self.warned = not self.warned, True
+        if first:
+            print(f"warning: the LLM server at {self.server.base_url} failed ({str(error)[:160]}); such states get "
+                  f"uniform advice (counted in the fallbacks) and training goes on", file=sys.stderr, flush=True)
+
+    # --- what the adviser asks ---
+    def answer(self, obs_text: str):
+        """Raw scores (score mode) or reply text (generate mode) for one state; None if the server failed or stop()."""
+        if self.stop():
+            return None
+        try:
+            if self.adviser.mode == "generate":
+                return answer_text(self._request(obs_text, prompts.MAX_REPLY_TOKENS), self.api).strip()
+            top = top_logprobs(self._request(obs_text, 1), self.api)
+            raw_scores = [-np.inf] * prompts.NUM_ACTIONS
+            for action in self.adviser.actions:
+                word = prompts.ACTION_WORDS[action]
+                if self.api == "chat":  # the answer's first token, any case or spacing
+                    values = [value for text, value in top if normalized(text) == word]
+                else:  # the token that follows the lead-in, as in process
+                    values = [value for text, value in top if text == " " + word]
+                if values:
+                    raw_scores[action] = float(np.logaddexp.reduce(values))
+                elif self.echo_scoring:
+                    score = self._continuation_logprob(self.adviser.prompt_text(obs_text), " " + word)
+                    raw_scores[action] = -np.inf if score is None else score
+            return raw_scores
+        except ServerError as error:
+            self._warn(error)
+            return None
+
+    def answer_all(self, obs_texts: list[str]) -> list:
+        """One step's uncached queries at once (up to max_concurrency in flight: a batching server runs them together)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(obs_texts) == 1 or self.max_concurrency == 1:
+            answers = [self.answer(obs_text) for obs_text in obs_texts]
+        else:
+            with ThreadPoolExecutor(min(self.max_concurrency, len(obs_texts))) as pool:
+                answers = list(pool.map(self.answer, obs_texts))
+        self._copy_counts()
+        return answers
+
+    def subgoal_scores(self, query: str, n_candidates: int) -> list[float] | None:
+        """Log-likelihoods of the candidates' numbers. Where the first answer token is a space (SmolLM2, Llama-2 put
+        one before a digit), the numbers are read after it, as in process."""
+        try:
+            text = self.adviser.subgoal_text(query)
+            top = top_logprobs(self._request(query, 1, text=text, subgoals=True), self.api)
+            numbers = [str(number) for number in range(1, n_candidates + 1)]
+            if self.api == "completions" and not any(normalized(t) in numbers for t, _ in top) and top:
+                best = max(top, key=lambda entry: entry[1])[0]
+                if best.isspace():
+                    top = top_logprobs(self._request(query, 1, text=text + best, subgoals=True), self.api)
+            scores = []
+            for number in numbers:
+                values = [value for token_text, value in top if normalized(token_text) == number]
+                scores.append(float(np.logaddexp.reduce(values)) if values else -np.inf)
+            return scores
+        except ServerError as error:
+            self._warn(error)
+            return None
+        finally:
+            self._copy_counts()
+
+    def _copy_counts(self):
+        """The HTTP requests and token usage so far into the adviser's stats (after each batch, not per thread)."""
+        self.adviser.stats.update(self.server.counts)
+
+    def close(self):
+        self.server.close()
