@@ -1,5 +1,6 @@
 # PPO for MiniGrid and BabyAI in one file, CleanRL style: read it top to bottom.
 # Docs: README.md. Run `python ppo_baseline.py --help` for every flag.
+import llmppo.ctrl_c  # noqa: F401, I001  (first: a Ctrl-C while loading exits with code 130, no traceback)
 import contextlib
 import functools
 import io

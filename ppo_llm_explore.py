@@ -2,6 +2,7 @@
 # lines that pay the agent for subgoals an adviser finds useful. Candidates come from what the agent sees, the adviser
 # ranks them (one cached LLM pass), achievements are read from the env's state and paid once per episode:
 # bonus = coef_t * p(subgoal), coef_t annealed to 0. Run `python ppo_llm_explore.py --help` for every flag.
+import llmppo.ctrl_c  # noqa: F401, I001  (first: a Ctrl-C while loading exits with code 130, no traceback)
 import contextlib
 import functools
 import io

@@ -2,6 +2,7 @@
 # p_LLM(a|s) into the policy. `diff ppo_baseline.py ppo_llm_policy.py` shows exactly those lines.
 # The acting policy is a product of experts, logits = actor_logits + coef_t * log p_LLM(a|s), with coef_t annealed
 # to 0 so that the final actor needs no LLM. Docs: README.md. Run `python ppo_llm_policy.py --help` for every flag.
+import llmppo.ctrl_c  # noqa: F401, I001  (first: a Ctrl-C while loading exits with code 130, no traceback)
 import contextlib
 import functools
 import io

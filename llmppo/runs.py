@@ -27,6 +27,8 @@ import torch
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
+from llmppo.checks import MAX_SEED, float_flag_error
+
 
 @dataclass
 class RunFlags:
@@ -102,10 +104,10 @@ def check_args(args, Agent, make_env):
             fail(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     if args.patch_stride not in (1, 2):
         fail(f"--patch-stride must be 1 or 2, got {args.patch_stride}")
-    if args.learning_rate <= 0 or args.clip_coef <= 0 or args.max_grad_norm <= 0:
-        fail("--learning-rate, --clip-coef and --max-grad-norm must be positive")
-    if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
-        fail(f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], got {args.gamma} and {args.gae_lambda}")
+    if not 0 <= args.seed <= MAX_SEED:  # numpy's global seed takes 32 bits
+        fail(f"--seed must be between 0 and {MAX_SEED}, got {args.seed}")
+    if (message := float_flag_error(args)):
+        fail(message)
     if args.resume is not None and (args.checkpoint is not None or args.fine_tune):
         fail("--resume continues a run; --checkpoint PATH --fine-tune starts a new one from a checkpoint: use one of them")
     if args.checkpoint is not None and not args.fine_tune and args.eval_episodes == 0:
@@ -163,8 +165,6 @@ def check_llm_args(args):
     if (message := llm_flag_error(args)):
         fail(message)
     if hasattr(args, "llm_coef"):  # ppo_llm_policy.py
-        if args.llm_coef < 0 or args.distill_coef < 0 or not 0 < args.llm_anneal_frac <= 1:
-            fail("--llm-coef and --distill-coef must be 0 or more, and --llm-anneal-frac in (0, 1]")
         if args.llm_query_every < 1 or args.llm_max_queries < 0:
             fail("--llm-query-every must be at least 1 and --llm-max-queries 0 (no limit) or more")
         if args.llm_only and args.eval_episodes == 0:
@@ -172,8 +172,8 @@ def check_llm_args(args):
     if hasattr(args, "bonus_mode"):  # ppo_llm_explore.py
         if args.bonus_mode not in ("prob", "topk", "action"):
             fail(f"--bonus-mode must be prob, topk or action, got '{args.bonus_mode}'")
-        if args.bonus_coef < 0 or not 0 < args.bonus_anneal_frac <= 1 or args.bonus_top_k < 1:
-            fail("--bonus-coef must be 0 or more, --bonus-anneal-frac in (0, 1] and --bonus-top-k at least 1")
+        if args.bonus_top_k < 1:
+            fail(f"--bonus-top-k must be at least 1, got {args.bonus_top_k}")
 
 
 def writable_folder_error(path, flag):
@@ -225,7 +225,8 @@ def resumed_args(Args, path):
 
 
 def save_checkpoint(run_path, agent, optimizer, args, global_step, iteration):
-    """<run_path>/agent.pt: weights, optimizer, args, and what --resume needs: the updates done and the random streams."""
+    """<run_path>/agent.pt: weights, optimizer, args, and what --resume needs: the updates done and the random streams.
+    Returns False, with one line on stderr and nothing half-written left, when it cannot be written."""
     path = os.path.join(run_path, "agent.pt")
     os.makedirs(run_path, exist_ok=True)
     checkpoint = {"model": agent.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args)}
@@ -239,9 +240,17 @@ def save_checkpoint(run_path, agent, optimizer, args, global_step, iteration):
     try:
         torch.save(checkpoint, path + ".tmp")
         os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as error:  # torch reports a failed write (a full disk) as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "the write failed: is the disk full?"
+        print(f"error: could not write the checkpoint {path} ({reason}); free some space, the logs are kept",
+              file=sys.stderr, flush=True)
+        return False
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     print(f"saved checkpoint {path}")
+    return True
 
 
 def load_checkpoint(checkpoint, agent, optimizer, args):
@@ -287,7 +296,7 @@ def open_run(args, checkpoint, stop):
     if args.resume is not None:
         run_path = os.path.dirname(os.path.abspath(checkpoint_file(args.resume)))
     else:
-        run_path = os.path.join(args.run_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
+        run_path = new_run_folder(os.path.join(args.run_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"))
     start_iteration = checkpoint["iteration"] if args.resume is not None else 0
     try:
         writer = SummaryWriter(run_path, purge_step=start_iteration * args.batch_size + 1 if args.resume is not None else None)
@@ -300,15 +309,30 @@ def open_run(args, checkpoint, stop):
     return run_path, writer, start_iteration
 
 
+def new_run_folder(path):
+    """Make `path`, or `path`-2, -3, ... when it exists: two runs started in the same second never share a folder."""
+    candidate, number = path, 1
+    while True:
+        try:
+            os.makedirs(candidate)
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = f"{path}-{number}"
+        except OSError as error:
+            fail(f"cannot make the run folder {candidate} ({error.strerror}): pass another --run-dir")
+
+
 def finish(args, train, stop, save, evaluate, writer, envs, global_step, what="eval", tag="eval/", details=lambda: ""):
     """The end of a run: a checkpoint (with --save-model, or after Ctrl-C) before the final evaluation, which may be cut
     short; the evaluation's scalars (<tag>episodic_return, <tag>success_rate) and its line (`what` on the env: ...,
-    then `details()`); the envs and logs closed; exit code 130 after Ctrl-C. `evaluate(video_dir)` returns (mean
-    return, success rate, mean length), or None when Ctrl-C cut it short."""
+    then `details()`); the envs and logs closed; exit code 130 after Ctrl-C, 1 when the checkpoint could not be
+    written. `evaluate(video_dir)` returns (mean return, success rate, mean length), or None when Ctrl-C cut it short."""
     if stop() and train:
         print(f"\ninterrupted at {global_step} frames: saving a checkpoint and flushing logs", flush=True)
+    saved = True
     if train and (args.save_model or stop()):
-        save()
+        saved = save()
     if args.eval_episodes > 0 and not stop():
         video_dir = os.path.join(writer.log_dir, "videos") if args.capture_video else None
         evaluation = evaluate(video_dir)
@@ -316,7 +340,7 @@ def finish(args, train, stop, save, evaluate, writer, envs, global_step, what="e
             saving = ": saving a checkpoint and flushing logs" if train and not args.save_model else ""
             print(f"\ninterrupted during the final evaluation{saving}", flush=True)
             if train and not args.save_model:
-                save()
+                saved = save()
         else:
             mean_return, success_rate, mean_length = evaluation
             writer.add_scalar(f"{tag}episodic_return", mean_return, global_step)
@@ -332,3 +356,5 @@ def finish(args, train, stop, save, evaluate, writer, envs, global_step, what="e
     if stop():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Python's shutdown restores the default: a Ctrl-C would kill it
         sys.exit(130)
+    if not saved:  # the run itself went through, but its checkpoint is missing
+        sys.exit(1)

@@ -39,6 +39,9 @@ from plot_study import (STUDY_TAGS, TAG_SHORT, kframes, load_model_accuracy, mea
                         model_markers, plot_accuracy, study_data, study_markdown, study_thresholds)
 from plot_study import worst_case  # noqa: E402, F401 (plot.worst_case, as before the split)
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llmppo.checks import float_flag_error  # noqa: E402
+
 
 @dataclass
 class Args:
@@ -300,6 +303,8 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if (message := float_flag_error(args)):
+        fail(message)
     if not os.path.isdir(os.path.join(args.folder, "runs")):
         fail(f"{args.folder} holds no runs/ folder (is it the --out of tools/benchmark.py?)")
     if args.model_accuracy is not None and not os.path.isfile(args.model_accuracy):

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llmppo.checks import float_flag_error  # noqa: E402
+
 
 @dataclass
 class Args:
@@ -54,6 +57,8 @@ def run_paths(run_dirs):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if (message := float_flag_error(args)):
+        fail(message)
     for run_dir in args.run_dirs:
         if not os.path.isdir(run_dir):
             fail(f"{run_dir} is not a folder: pass the --run-dir of the training scripts (default runs)")
