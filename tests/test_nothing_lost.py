@@ -266,8 +266,9 @@ def test_a_damaged_result_file_counts_as_not_run(tmp_path):
     assert "unreadable" in dry.stderr and f"[todo] {key}" in dry.stdout and "Traceback" not in dry.stderr
     plotted = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot.py"), str(tmp_path)],
                              capture_output=True, text=True, timeout=120, cwd=outside_repo())
-    assert plotted.returncode == 0 and "unreadable" in plotted.stderr, plotted.stderr[-3000:]
-    assert "0 finished runs" in plotted.stdout
+    # No run left to report: one line and exit 2, nothing replaced (issue 33; tests/test_reliability.py)
+    assert plotted.returncode == 2 and "unreadable" in plotted.stderr, plotted.stderr[-3000:]
+    assert "nothing was replaced" in plotted.stderr and not (tmp_path / "results.md").exists()
 
 
 # ---- 8. LLM flags: checked before any work, identically in both scripts ---------------------------------------------

@@ -135,3 +135,36 @@ def test_a_full_disk_at_the_checkpoint_gives_one_line_keeps_the_old_one_and_stil
     assert not os.path.lexists(checkpoint + ".tmp") and open(checkpoint, "rb").read() == before
     assert "over 2 episodes" in resumed.stdout  # the final evaluation still ran
     shutil.rmtree(run_path)
+
+
+# ---- 11. a benchmark re-run keeps the interrupted runs' logs beside their folders --------------------------------------
+def test_a_benchmark_rerun_moves_an_earlier_attempts_log_aside_with_its_folder(tmp_path):
+    import benchmark  # tools/ is on sys.path
+
+    key = next(run["key"] for run in benchmark.PRESETS["tiny"] if "DoorKey-5x5__baseline" in run["key"])
+    (tmp_path / "runs" / key).mkdir(parents=True)
+    (tmp_path / "runs" / key / "agent.pt").write_bytes(b"the interrupted attempt's checkpoint")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / f"{key}.log").write_text("the interrupted attempt's log\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--preset", "tiny", "--out",
+                             str(tmp_path), "--workers", "1", "--only", "DoorKey-5x5__baseline"],
+                            capture_output=True, text=True, timeout=600, cwd=outside_repo())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    folders = glob.glob(str(tmp_path / "earlier-attempts" / f"{key}__*[0-9]"))
+    assert len(folders) == 1 and open(os.path.join(folders[0], "agent.pt"), "rb").read().startswith(b"the interrupted")
+    assert open(folders[0] + ".log").read() == "the interrupted attempt's log\n"
+    assert "the interrupted attempt" not in (tmp_path / "logs" / f"{key}.log").read_text()
+
+
+# ---- 12. tools/plot.py on a folder whose runs cannot be read replaces nothing ---------------------------------------
+def test_plot_with_no_readable_run_gives_one_line_and_keeps_the_report(tmp_path):
+    (tmp_path / "runs" / "a-run").mkdir(parents=True)
+    (tmp_path / "runs" / "a-run" / "result.json").write_text('{"command": "python ppo_baseline.py --tot')  # half-written
+    (tmp_path / "results.md").write_text("the committed report\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=outside_repo())
+    assert result.returncode == 2 and "wrote" not in result.stdout, result.stdout[-2000:]
+    errors = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "nothing was replaced" in errors[0], result.stderr[-2000:]
+    assert (tmp_path / "results.md").read_text() == "the committed report\n"
+    assert not (tmp_path / "curves.png").exists()

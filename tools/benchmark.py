@@ -189,14 +189,17 @@ def hms(seconds):
 
 
 def launch(run, out, args):
-    run_dir = os.path.join(out, "runs", run["key"])
-    if os.path.exists(run_dir):  # an earlier attempt's events would mix with this one's: moved aside, not deleted
-        attempts = os.path.join(out, "earlier-attempts")
-        os.makedirs(attempts, exist_ok=True)
-        os.rename(run_dir, os.path.join(attempts, f"{run['key']}__{int(time.time() * 1000)}"))
+    run_dir, log_path = os.path.join(out, "runs", run["key"]), os.path.join(out, "logs", f"{run['key']}.log")
+    if os.path.exists(run_dir) or os.path.exists(log_path):
+        # An earlier attempt's events would mix with this one's: its folder and log are moved aside, never deleted.
+        attempt = os.path.join(out, "earlier-attempts", f"{run['key']}__{int(time.time() * 1000)}")
+        os.makedirs(os.path.dirname(attempt), exist_ok=True)
+        for path, moved in [(run_dir, attempt), (log_path, attempt + ".log")]:
+            if os.path.exists(path):
+                os.rename(path, moved)
     os.makedirs(run_dir)
     argv = command(run, out, args)
-    log = open(os.path.join(out, "logs", f"{run['key']}.log"), "w")
+    log = open(log_path, "x")
     log.write(readable(argv) + "\n\n")
     log.flush()
     # Threads for numpy/BLAS too, so that `workers` runs really use `workers` cores.
@@ -322,10 +325,12 @@ if __name__ == "__main__":
     print(f"ran {total} runs in {hms(time.time() - start)}; {len(failed)} failed", flush=True)
     from plot import make_report  # tools/ is on sys.path: this file runs as a script from there
 
-    print(make_report(out))
-    written = [name for name in ("curves.png", "results.md", "accuracy.png", "study.md")
-               if os.path.exists(os.path.join(out, name))]
-    print(f"plots and tables: {', '.join(os.path.join(out_arg, name) for name in written)}")
+    text, written = make_report(out)
+    if text is None:
+        print("no run finished: no plots or tables written")
+    else:
+        print(text)
+        print(f"plots and tables: {', '.join(os.path.join(out_arg, os.path.basename(path)) for path in written)}")
     print(f"regenerate: {rerun}   (finished runs are skipped)\n    plots only: python tools/plot.py {shlex.quote(out_arg)}")
     if failed:
         print("failed runs (rerun the same command to retry them):")

@@ -254,9 +254,12 @@ def shown_path(folder):
 
 def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, thresholds=()):
     """Write curves.png and results.md into `folder` (and accuracy.png and study.md if the runs include noisy-expert
-    variants); returns the Markdown text of results.md. `model_accuracy`: a JSON file (see Args); `thresholds`:
-    ENV=VALUE overrides of STUDY_THRESHOLDS for the study."""
+    variants); returns the Markdown text of results.md and the files written, or (None, []) when no run can be read.
+    `model_accuracy`: a JSON file (see Args); `thresholds`: ENV=VALUE overrides of STUDY_THRESHOLDS for the study."""
     runs = load_runs(folder)
+    if not runs:  # an empty report must not replace the one a finished benchmark wrote
+        return None, []
+    written = []
     train = [run for run in runs if run["kind"] == "train"]
     train_groups = group(train, ["env_id", "variant"])
     tags = {env: curve_tag([r for r in train if r["env_id"] == env], tag) for env in {r["env_id"] for r in train}}
@@ -265,6 +268,7 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
           f"{len(runs)} finished runs; regenerate with `python tools/plot.py {shown_path(folder)}`.", ""]
     if train:
         plot_curves(train_groups, tags, threshold, os.path.join(folder, "curves.png"))
+        written.append(os.path.join(folder, "curves.png"))
         md += [
             "Final eval return: the actor alone, without the adviser, over `--eval-episodes` episodes at the end of "
             "training (mean ± std over seeds). Frames to threshold: the first point of the curve named in the column "
@@ -293,12 +297,13 @@ def make_report(folder, threshold=0.9, tag="auto", model_accuracy=None, threshol
         plot_accuracy(data, lambda env: model_markers(table, env), os.path.join(folder, "accuracy.png"))
         with open(os.path.join(folder, "study.md"), "w") as f:
             f.write(study_markdown(data, lambda env: model_markers(table, env), name))
+        written += [os.path.join(folder, "accuracy.png"), os.path.join(folder, "study.md")]
         md += ["## Advice accuracy study", "", "Frames to threshold and late return against the adviser's accuracy, "
                "and the break-even accuracy: [study.md](study.md).", "", "![accuracy](accuracy.png)", ""]
     text = "\n".join(md)
     with open(os.path.join(folder, "results.md"), "w") as f:
         f.write(text)
-    return text
+    return text, [os.path.join(folder, "results.md"), *written]
 
 
 if __name__ == "__main__":
@@ -309,7 +314,9 @@ if __name__ == "__main__":
         fail(f"{args.folder} holds no runs/ folder (is it the --out of tools/benchmark.py?)")
     if args.model_accuracy is not None and not os.path.isfile(args.model_accuracy):
         fail(f"--model-accuracy {args.model_accuracy}: no such file")
-    print(make_report(args.folder, args.threshold, args.tag, args.model_accuracy, args.study_threshold))
-    written = [name for name in ("results.md", "curves.png", "study.md", "accuracy.png")
-               if os.path.exists(os.path.join(args.folder, name))]
-    print(f"\nwrote {', '.join(os.path.join(args.folder, name) for name in written)}")
+    text, written = make_report(args.folder, args.threshold, args.tag, args.model_accuracy, args.study_threshold)
+    if text is None:
+        fail(f"no run under {os.path.join(args.folder, 'runs')} can be read (each needs the result.json that "
+             "tools/benchmark.py writes when a run finishes): nothing was replaced")
+    print(text)
+    print(f"\nwrote {', '.join(written)}")
