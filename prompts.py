@@ -26,7 +26,6 @@ from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from llmppo.answer_cache import DEFAULT_CACHE_DIR, AnswerCache
 from llmppo.llm_logging import new_stats, update_rates
 
-
 IDX_TO_OBJECT = {idx: name for name, idx in OBJECT_TO_IDX.items()}
 IDX_TO_COLOR = {idx: name for name, idx in COLOR_TO_IDX.items()}
 IDX_TO_STATE = {idx: name for name, idx in STATE_TO_IDX.items()}
@@ -134,7 +133,6 @@ def describe_observation(image: np.ndarray, direction: int, mission: str) -> str
 # -----------------------------------------------------------------------------------------------------
 # 2. Actions as words
 # -----------------------------------------------------------------------------------------------------
-ACTION_PHRASES = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle", "done"]
 ACTION_WORDS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]  # the LLM's answer words
 ACTION_EXPLANATIONS = [
     "turn left", "turn right", "move one step forward", "pick up the object 1 forward",
@@ -516,9 +514,15 @@ class LLMAdvisor:
             answers[obs_text] = raw
             if raw is None and self.stop():
                 self.stats["skipped"] += 1
-            else:
-                self.cache.put(obs_text, self._disk_key(obs_text), raw)
+            else:  # only valid advice is cached: a garbage answer is asked again next time
+                self.cache.put(obs_text, self._disk_key(obs_text), raw if self.valid_answer(raw) else None)
         return answers
+
+    def valid_answer(self, raw) -> bool:
+        """Advice worth caching: a finite score for an allowed action, or a reply that names one."""
+        if self.mode == "generate":
+            return isinstance(raw, str) and parse_action_reply(raw) in self.actions
+        return raw is not None and bool(np.isfinite(np.asarray(raw, dtype=np.float64)[self.actions]).any())
 
     def raw_answer(self, obs_text: str, cached_only: bool = False):
         """Cached raw answer for one observation (see raw_answers)."""
@@ -555,7 +559,7 @@ class LLMAdvisor:
             self.stats["skipped"] += 1
         elif raw is None:
             raw = self._ask("subgoal_scores", query, n_candidates)
-            self.cache.put(memory_key, disk_key, raw)
+            self.cache.put(memory_key, disk_key, raw if raw is not None and np.isfinite(raw).any() else None)
         return raw
 
     def subgoal_probs(self, obs_text: str, candidate_texts: list[str], expert_plan=None) -> np.ndarray:

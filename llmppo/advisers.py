@@ -195,7 +195,7 @@ def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smo
         model_path = llm_kwargs.pop("model_path", None)
         check_llm_settings(actions=actions, **llm_kwargs)  # before connecting to a server or loading a model
         if server_kwargs.get("base_url"):
-            backend = ServerBackend(model_path=model_path, **server_kwargs)
+            backend = ServerBackend(model_path=model_path, stop=stop, **server_kwargs)
         else:
             backend = LlamaBackend(model_path=model_path, **llama_kwargs)
         advisor = LLMAdvisor(backend, actions=actions, **llm_kwargs)

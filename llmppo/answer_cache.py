@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import sqlite3
+import time
 import urllib.parse
 import warnings
 
@@ -63,7 +63,7 @@ def cache_is_corrupt(directory: str) -> bool:
 
 def open_disk_cache(directory: str):
     """diskcache.Cache in `directory`. A cache this process cannot write is used read-only, or skipped (None), with a
-    warning; only a cache that fails the integrity check is rebuilt (empty, with a warning)."""
+    warning; a cache that fails the integrity check is moved aside (renamed, never deleted) and a new one started."""
     import diskcache
 
     try:
@@ -80,12 +80,17 @@ def open_disk_cache(directory: str):
             return disk_cache
         except Exception as error:
             if cache_is_corrupt(directory):
-                warnings.warn(f"the advice cache in {directory} is corrupt ({type(error).__name__}: {error}); "
-                              f"rebuilding it empty")
-                shutil.rmtree(directory, ignore_errors=True)  # our own sub-directory, nothing else lives there
-                os.makedirs(directory, exist_ok=True)
-                return diskcache.Cache(directory)
-            reason = f"{type(error).__name__}: {error}"
+                damaged = f"{directory}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                try:  # moved aside whole, with whatever else the folder holds; never deleted
+                    os.rename(directory, damaged)
+                    os.makedirs(directory)
+                    warnings.warn(f"the advice cache in {directory} is corrupt ({type(error).__name__}: {error}); "
+                                  f"moved it to {damaged} and starting an empty one")
+                    return diskcache.Cache(directory)
+                except OSError as move_error:
+                    reason = f"it is corrupt and could not be moved aside ({move_error.strerror})"
+            else:
+                reason = f"{type(error).__name__}: {error}"
     else:
         reason = "it is not writable"
     if os.path.exists(database) and not cache_is_corrupt(directory):

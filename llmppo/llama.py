@@ -74,7 +74,7 @@ def gguf_load_error(path: str) -> str | None:
             llama_cpp.llama_model_free(model)
             return None
     finally:
-        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, None)
+        llama_cpp.llama_log_set(quiet_log_callback(), None)
     errors = [line.strip() for line in _llama_log_lines if "error" in line or "failed" in line]
     reason = errors[0].split(": ", 1)[-1] if errors else "llama.cpp cannot read it"
     return f"--llm-model-path {path} cannot be loaded ({reason}); check the file (a complete download?), or {GET_A_MODEL}"
@@ -95,6 +95,24 @@ def common_prefix(tokens: list[int], other_tokens: list[int]) -> list[int]:
         n_common += 1
     return tokens[:n_common]
 
+_quiet_callback = []
+
+
+def quiet_log_callback():
+    """llama-cpp-python's log callback without llama.cpp's notice that a context shorter than the model's training
+    context leaves capacity unused (every start would print it; this project's prompts are short on purpose)."""
+    import llama_cpp
+    import llama_cpp._logger
+
+    if not _quiet_callback:
+        def forward(level, text, user_data):
+            if b"n_ctx_per_seq" not in text:
+                llama_cpp._logger.llama_log_callback(level, text, user_data)
+
+        _quiet_callback.append(llama_cpp.llama_log_callback(forward))  # kept alive: llama.cpp holds a pointer to it
+    return _quiet_callback[0]
+
+
 def load_llama(**llama_kwargs):
     """llama_cpp.Llama(**llama_kwargs), without llama.cpp's AMX kernels on CPUs that have AMX.
 
@@ -106,6 +124,7 @@ def load_llama(**llama_kwargs):
     import llama_cpp
     import llama_cpp.llama as llama_module
 
+    llama_cpp.llama_log_set(quiet_log_callback(), None)
     if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
         return llama_cpp.Llama(**llama_kwargs)
     default_params = llama_module.llama_cpp.llama_model_default_params

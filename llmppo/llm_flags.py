@@ -5,8 +5,8 @@ temperature, mode, coefficients...) stay in each script."""
 
 from __future__ import annotations
 
-import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,6 +17,7 @@ from llmppo.server import LLM_APIS, check_api_key_env, check_server_settings
 from prompts import SUBGOAL_ORDERS
 
 MIN_N_CTX, MAX_N_CTX = 256, 1 << 20  # below: no room for the instructions and an observation; above: no such model
+SERVER_ONLY = ("llm_top_logprobs", "llm_max_concurrency", "llm_timeout", "llm_max_rps")  # in process: no such setting
 
 
 @dataclass
@@ -55,18 +56,13 @@ class LLMFlags:
 def llm_flag_error(args) -> str | None:
     """The first problem with the LLM flags of `args` (ppo_llm_policy.py, ppo_llm_explore.py, tools/advice_eval.py) as
     one line naming the flag, or None. Cheap: checked before any work, without loading the model's weights or asking a
-    server (building the adviser, before the run folder exists, is where a server is reached and probed, once)."""
+    server (building the adviser, before the run folder exists, is where a server is reached and probed, once). The
+    float flags are checked before, by llmppo.checks.float_flag_error."""
     advisor = getattr(args, "advisor", None)
     if advisor is not None and advisor not in ADVISOR_NAMES:
         return f"unknown --advisor '{advisor}': choose one of {', '.join(ADVISOR_NAMES)}"
     if advisor in ("expert", "noisy-expert") and not args.env_id.startswith("BabyAI-"):
         return f"--advisor {advisor} needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})"
-    accuracy = getattr(args, "advice_accuracy", None)
-    if accuracy is not None and not 0 <= accuracy <= 1:
-        return f"--advice-accuracy must be in [0, 1], got {accuracy}"
-    temperature = getattr(args, "llm_temperature", None)
-    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-        return f"--llm-temperature must be a positive number, got {temperature}"
     n_threads = getattr(args, "llm_n_threads", None)
     if n_threads is not None and n_threads < 1:
         return f"--llm-n-threads must be at least 1 (leave it out to use all cores), got {n_threads}"
@@ -91,6 +87,9 @@ def llm_flag_error(args) -> str | None:
         return f"--llm-subgoal-orders must be one of {', '.join(SUBGOAL_ORDERS)}, got '{subgoal_orders}'"
     if getattr(args, "advisor", "llm") == "llm" and getattr(args, "llm_base_url", None):
         return served_flag_error(args)
+    ignored = [f"--{name.replace('_', '-')}" for name in SERVER_ONLY if getattr(args, name) != LLMFlags.__dataclass_fields__[name].default]
+    if ignored:
+        print(f"warning: {', '.join(ignored)}: settings of a served model, ignored without --llm-base-url", file=sys.stderr)
     if getattr(args, "advisor", "llm") == "llm":
         try:
             path = resolve_model_path(getattr(args, "llm_model_path", None))
@@ -114,8 +113,6 @@ def served_flag_error(args) -> str | None:
             resolve_model_path(args.llm_model_path)
     except (ValueError, FileNotFoundError) as error:
         return str(error)
-    if getattr(args, "llm_usd_per_mtok", 0.0) < 0:
-        return f"--llm-usd-per-mtok must be 0 or more, got {args.llm_usd_per_mtok}"
     return None
 
 
@@ -133,4 +130,10 @@ def make_advisor_from_flags(args, actions: list[int], stop=lambda: False, **over
                   top_logprobs=args.llm_top_logprobs, max_concurrency=args.llm_max_concurrency,
                   max_rps=args.llm_max_rps, timeout=args.llm_timeout)
     kwargs.update(overrides)
-    return make_advisor(getattr(args, "advisor", "llm"), actions=actions, stop=stop, **kwargs)
+    try:
+        return make_advisor(getattr(args, "advisor", "llm"), actions=actions, stop=stop, **kwargs)
+    except ValueError:
+        if stop():  # Ctrl-C during a server's start-up checks: not a problem with the flags
+            print("interrupted before the run started: nothing was written", file=sys.stderr)
+            sys.exit(130)
+        raise

@@ -3,6 +3,8 @@ and the end-of-run summary line (queries, cache hits, speed, fallbacks, a served
 
 from __future__ import annotations
 
+import sys
+
 
 def new_stats() -> dict:
     return {"queries": 0, "memory_hits": 0, "disk_hits": 0, "misses": 0, "hit_rate": 0.0,
@@ -34,7 +36,18 @@ def write_llm_scalars(writer, stats: dict, queries_before: int, misses_before: i
         writer.add_scalar(f"llm/{name}", stats[name], global_step)
     if usd_per_mtok > 0:
         writer.add_scalar("llm/usd", usage_cost(stats, usd_per_mtok), global_step)
+    warn_if_mostly_fallbacks(stats)
     return queries, misses
+
+
+def warn_if_mostly_fallbacks(stats: dict, at_least: int = 32):
+    """One warning line, while the run goes on, once most of the adviser's answers so far are fallbacks (uniform
+    advice): e.g. a chat API whose first answer token is not an action word, or a server failing each query."""
+    if not stats.get("warned_fallbacks") and stats["queries"] >= at_least and stats["fallbacks"] > stats["queries"] / 2:
+        stats["warned_fallbacks"] = True
+        print(f"warning: {stats['fallbacks']} of the adviser's {stats['queries']} answers so far fell back to uniform "
+              "advice; with --llm-api chat try --llm-api completions, else check the server's log", file=sys.stderr,
+              flush=True)
 
 
 def adviser_summary(name: str, stats: dict, usd_per_mtok: float = 0.0) -> str:

@@ -272,15 +272,19 @@ def restore_rng_state(rng):
 class StopFlag:
     """Set by Ctrl-C or SIGTERM (a job scheduler's stop request); the loop, the evaluation and the adviser check it.
     A flag rather than an exception: a KeyboardInterrupt that lands inside a __del__ (torch and TensorBoard objects
-    have them) is printed and swallowed, and training would go on."""
+    have them) is printed and swallowed, and training would go on. Before open_run there is nothing to save: a
+    Ctrl-C then exits at once with code 130."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.run_started = False, False
         signal.signal(signal.SIGINT, self.request)
         signal.signal(signal.SIGTERM, self.request)
 
     def request(self, signum=None, frame=None):
         self.requested = True
+        if not self.run_started:  # still loading (a model, a server's checks): nothing to save, so stop at once
+            print("interrupted before the run started: nothing was written", file=sys.stderr, flush=True)
+            sys.exit(130)
 
     def __call__(self):
         return self.requested
@@ -298,6 +302,7 @@ def open_run(args, checkpoint, stop):
     else:
         run_path = new_run_folder(os.path.join(args.run_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"))
     start_iteration = checkpoint["iteration"] if args.resume is not None else 0
+    stop.run_started = True  # from here a Ctrl-C ends the loop, saves a checkpoint and flushes the logs
     try:
         writer = SummaryWriter(run_path, purge_step=start_iteration * args.batch_size + 1 if args.resume is not None else None)
     except OSError as error:  # what check_args could not foresee, e.g. a special file system

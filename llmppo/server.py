@@ -12,6 +12,7 @@ each uncached query sent to the server:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -28,10 +29,35 @@ MAX_BACKOFF_SECONDS = 2.0
 
 
 def check_api_key_env(api_key_env: str):
-    """ValueError unless the environment variable named `api_key_env` holds a key (the key is never a flag)."""
-    if not os.environ.get(api_key_env):
+    """ValueError unless the environment variable named `api_key_env` holds a key that an HTTP header can carry (the
+    key is never a flag). The messages say what is wrong with the key without ever showing it."""
+    key = os.environ.get(api_key_env)
+    if not key:
         raise ValueError(f"--llm-api-key-env {api_key_env}: that environment variable is not set or empty; "
                          f"export {api_key_env}=<your key> (a key is never passed as a flag)")
+    if key != key.strip():
+        raise ValueError(f"the key in ${api_key_env} starts or ends with a space or a line break (a key file from "
+                         f"Windows leaves \\r\\n): export {api_key_env}=\"$(tr -d '[:space:]' < KEYFILE)\"")
+    if not key.isascii() or not key.isprintable() or any(character.isspace() for character in key):
+        raise ValueError(f"the key in ${api_key_env} holds characters an HTTP header cannot carry (non-ASCII, spaces "
+                         f"or control characters): check that the variable holds the key alone")
+
+
+def token_count(value) -> int:
+    """A usage count from a server's answer, or 0 where it is not a sensible number (null, text, 1e400)."""
+    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < 2**53 else 0
+
+
+def http_problem(response, path: str) -> str:
+    """One line on a failed request: the status and the server's own error message when it sent one as JSON (a web
+    page or other text is not pasted into the error)."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        error = response.json().get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(message, str) and message.strip():
+            return f"HTTP {response.status_code} from {path}: {' '.join(message.split())[:160]}"
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    return f"HTTP {response.status_code} from {path} (a {kind} answer, not an OpenAI-compatible one)"
 
 
 class ServerError(Exception):
@@ -99,12 +125,14 @@ class LLMServer:
                                                timeout=max(deadline - time.monotonic(), 0.1))
                 if response.status_code < 400:
                     answer = response.json()
-                    usage = answer.get("usage") or {}
-                    self._count(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                completion_tokens=int(usage.get("completion_tokens") or 0))
+                    if not isinstance(answer, dict):
+                        raise ValueError("a JSON answer that is not an object")
+                    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+                    self._count(prompt_tokens=token_count(usage.get("prompt_tokens")),
+                                completion_tokens=token_count(usage.get("completion_tokens")))
                     self.down = False
                     return answer
-                problem = f"HTTP {response.status_code} from {path}: {response.text.strip()[:200]}"
+                problem = http_problem(response, path)
                 retryable = response.status_code == 429 or response.status_code >= 500
                 with contextlib.suppress(ValueError, TypeError):
                     retry_after = float(response.headers.get("retry-after", 0))
@@ -131,9 +159,14 @@ class LLMServer:
             if "HTTP 401" in str(error) or "HTTP 403" in str(error):
                 raise ValueError(f"the LLM server at {self.base_url} refused the request ({str(error)[:80]}): "
                                  f"check the key in --llm-api-key-env") from None
+            if "HTTP 404" in str(error):
+                raise ValueError(f"{self.base_url}/models was not found ({str(error)[:100]}): is --llm-base-url the "
+                                 "API's root, e.g. http://127.0.0.1:8080/v1?") from None
             raise ValueError(f"cannot reach an LLM server at --llm-base-url {self.base_url} ({str(error)[:120]}); "
                              f"{START_A_SERVER}") from None
-        ids = [str(model.get("id")) for model in answer.get("data", []) if isinstance(model, dict)]
+        models = answer.get("data")
+        ids = [str(model.get("id")) for model in models if isinstance(model, dict) and model.get("id")] \
+            if isinstance(models, list) else []
         if not ids:
             raise ValueError(f"the server at --llm-base-url {self.base_url} lists no model at /models; is it an "
                              f"OpenAI-compatible server? {START_A_SERVER}")
@@ -191,10 +224,10 @@ class ServerBackend:
 
     def __init__(self, base_url: str, model: str | None = None, api: str = "completions", api_key_env: str | None = None,
                  model_path: str | None = None, top_logprobs: int = 100, max_concurrency: int = 16,
-                 max_rps: float = 0.0, timeout: float = 30.0):
+                 max_rps: float = 0.0, timeout: float = 30.0, stop=lambda: False):
         check_server_settings(api, top_logprobs, max_concurrency, max_rps, timeout)
         self.api, self.top_k, self.max_concurrency = api, int(top_logprobs), int(max_concurrency)
-        self.adviser, self.n_prefix_tokens, self.warned = None, 0, False
+        self.adviser, self.n_prefix_tokens, self.warned, self.stopped = None, 0, False, stop
         self.server = LLMServer(base_url, api_key_env, timeout, max_rps, max_concurrency)
         self.server.stop = lambda: self.stop()  # read at each retry, so a stop set later applies
         served = self.server.model_ids()
@@ -208,7 +241,8 @@ class ServerBackend:
         self.template_kwargs, self.template_source = self._template_kwargs(model_path)
 
     def stop(self) -> bool:
-        return self.adviser is not None and self.adviser.stop()
+        """Ctrl-C: no more retries, and the queries not yet sent are skipped (the start-up checks too)."""
+        return self.stopped() or (self.adviser is not None and self.adviser.stop())
 
     @property
     def prompt_tokens(self) -> int:
@@ -263,7 +297,7 @@ class ServerBackend:
                       flush=True)
                 self.top_k = 20
                 top = top_logprobs(self._request(probe, 1), self.api)
-        except ServerError as error:
+        except (ServerError, TypeError, ValueError, AttributeError) as error:  # no answer, or a malformed one
             where = "/chat/completions" if self.api == "chat" else "/completions"
             raise ValueError(f"the server at {self.server.base_url} answered {where} without usable log-probs "
                              f"({str(error)[:120]}): use --llm-mode generate, the other --llm-api, or a server that "
@@ -309,6 +343,9 @@ class ServerBackend:
             echoed = answer["choices"][0]["text"]
         except (KeyError, IndexError, TypeError):
             return None
+        if not (isinstance(echoed, str) and isinstance(tokens, list) and isinstance(token_logprobs, list)
+                and len(tokens) == len(token_logprobs) and all(isinstance(token, str) for token in tokens)):
+            return None  # a malformed echo: this word is not scored
         generated = echoed[len(prompt + continuation):] if echoed.startswith(prompt + continuation) else None
         end = len(tokens)
         while generated and end > 0 and generated.endswith(tokens[end - 1]):  # the generated token(s), if listed
@@ -316,6 +353,8 @@ class ServerBackend:
         text, total = "", 0.0
         for position in range(end - 1, 0, -1):
             if token_logprobs[position] is None:
+                return None
+            if not isinstance(token_logprobs[position], (int, float)):
                 return None
             text, total = tokens[position] + text, total + float(token_logprobs[position])
             if text == continuation:
@@ -356,6 +395,9 @@ class ServerBackend:
         except ServerError as error:
             self._warn(error)
             return None
+        except Exception as error:  # a malformed answer of any other shape: a counted fallback, never a crash
+            self._warn(ServerError(f"a malformed answer ({type(error).__name__}: {error})"))
+            return None
 
     def answer_all(self, obs_texts: list[str]) -> list:
         """One step's uncached queries at once (up to max_concurrency in flight: a batching server runs them together)."""
@@ -387,6 +429,9 @@ class ServerBackend:
             return scores
         except ServerError as error:
             self._warn(error)
+            return None
+        except Exception as error:  # a malformed answer of any other shape: a counted fallback, never a crash
+            self._warn(ServerError(f"a malformed answer ({type(error).__name__}: {error})"))
             return None
         finally:
             self._copy_counts()

@@ -3,6 +3,7 @@ would, each checked with the real scripts as subprocesses, real files and, for t
 server on 127.0.0.1. Each test failed on the code before its fix."""
 
 import dataclasses
+import re
 import glob
 import os
 import shutil
@@ -168,3 +169,166 @@ def test_plot_with_no_readable_run_gives_one_line_and_keeps_the_report(tmp_path)
     assert len(errors) == 1 and "nothing was replaced" in errors[0], result.stderr[-2000:]
     assert (tmp_path / "results.md").read_text() == "the committed report\n"
     assert not (tmp_path / "curves.png").exists()
+
+
+# ---- a misbehaving OpenAI-compatible server: a small real HTTP server, started and stopped by its PID -------------------
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def misbehaving_server(tmp_path):
+    """start(mode) -> base URL of tests/misbehaving_server.py in that mode; every server is stopped by its PID."""
+    processes = []
+
+    def start(mode):
+        import socket
+
+        port = free_port()
+        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "misbehaving_server.py"), mode,
+                                    str(port), str(tmp_path / "models-asked")])
+        processes.append(process)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"http://127.0.0.1:{port}/v1"
+            time.sleep(0.05)
+        raise RuntimeError(f"the misbehaving server ({mode}) did not start")
+
+    yield start
+    for process in processes:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def run_served(base_url, *flags, tmp_path, env=None, script="ppo_llm_policy.py"):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), "--llm-base-url", base_url, "--total-timesteps",
+                           "128", "--run-dir", str(tmp_path / "runs"), "--llm-cache-dir", str(tmp_path / "cache"),
+                           *TINY, *flags], capture_output=True, text=True, timeout=300, cwd=outside_repo(),
+                          env=env)
+
+
+# ---- 3. a malformed answer: one line at the start, a counted fallback mid-run -----------------------------------------
+@pytest.mark.parametrize("mode", ["models-null", "models-int"])
+def test_a_malformed_model_list_at_the_start_gives_one_line(mode, misbehaving_server, tmp_path):
+    result = run_served(misbehaving_server(mode), tmp_path=tmp_path)
+    assert_one_error_line(result, "lists no model at /models")
+    assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("mode", ["huge-usage", "nan"])
+def test_malformed_answers_mid_run_are_counted_fallbacks_and_the_run_ends_well(mode, misbehaving_server, tmp_path):
+    result = run_served(misbehaving_server(mode), "--save-model", tmp_path=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert os.path.isfile(os.path.join(only_run(str(tmp_path / "runs")), "agent.pt"))
+    fallbacks = int(re.search(r"(\d+) fallbacks", result.stdout).group(1))
+    assert (fallbacks > 0) == (mode == "nan"), result.stdout[-2000:]
+
+
+# ---- 8. only valid advice is cached ------------------------------------------------------------------------------------
+def test_a_garbage_answer_is_not_cached_so_a_healthy_server_is_asked_again(misbehaving_server, tmp_path):
+    garbage = run_served(misbehaving_server("nan"), tmp_path=tmp_path)
+    assert garbage.returncode == 0 and re.search(r"[1-9]\d* fallbacks", garbage.stdout), garbage.stdout[-2000:]
+    shutil.rmtree(tmp_path / "runs")
+    healthy = run_served(misbehaving_server("healthy"), tmp_path=tmp_path)
+    assert healthy.returncode == 0, healthy.stderr[-3000:]
+    assert " 0 fallbacks" in healthy.stdout, healthy.stdout[-2000:]
+
+
+# ---- 4. the API key is never printed, whatever it holds ----------------------------------------------------------------
+@pytest.mark.parametrize("key, message", [("sk-SECRET-4711\r\n", "ends with a space or a line break"),
+                                          ("sk-SECRET-4711-é", "characters an HTTP header cannot carry")])
+def test_a_key_with_a_line_break_or_non_ascii_is_refused_without_printing_it(key, message, misbehaving_server,
+                                                                            tmp_path):
+    env = os.environ | {"MY_LLM_KEY": key}
+    start = time.time()
+    result = run_served(misbehaving_server("healthy"), "--llm-api-key-env", "MY_LLM_KEY", tmp_path=tmp_path, env=env)
+    assert_one_error_line(result, message)
+    assert "SECRET" not in result.stderr + result.stdout and time.time() - start < 60
+
+
+# ---- 5. a plain web server's 404 page is not pasted into the error -----------------------------------------------------
+def test_a_404_page_gives_one_line_with_the_status_and_what_to_check(misbehaving_server, tmp_path):
+    result = run_served(misbehaving_server("html-404"), tmp_path=tmp_path)
+    assert_one_error_line(result, "HTTP 404")
+    assert "<" not in result.stderr and "--llm-base-url" in result.stderr
+
+
+# ---- 6. Ctrl-C during the up-front server check -------------------------------------------------------------------------
+def test_ctrl_c_during_the_server_check_exits_130_at_once_without_a_traceback(misbehaving_server, tmp_path):
+    base_url = misbehaving_server("slow-models")
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "ppo_llm_policy.py"), "--llm-base-url", base_url,
+                                "--run-dir", str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=outside_repo())
+    deadline = time.time() + 60
+    while not (tmp_path / "models-asked").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    start = time.time()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr and time.time() - start < 10, stderr[-3000:]
+    assert not os.path.exists(tmp_path / "runs")
+
+
+# ---- 7. a damaged cache is moved aside, never deleted -------------------------------------------------------------------
+def test_a_damaged_cache_is_moved_aside_with_what_lies_beside_it(tmp_path):
+    folder = tmp_path / "cache" / "llm-advice-v1"
+    folder.mkdir(parents=True)
+    (folder / "cache.db").write_bytes(b"\x00garbage, not sqlite\xff" * 512)
+    (folder / "notes.txt").write_text("a file of the user's")
+    result = run_script("--advisor", "llm", "--llm-n-threads", "2", "--total-timesteps", "128", "--llm-cache-dir",
+                        str(tmp_path / "cache"), "--run-dir", str(tmp_path / "runs"), *TINY, script="ppo_llm_policy.py")
+    assert result.returncode == 0 and "moved it to" in result.stderr, result.stderr[-3000:]
+    moved = glob.glob(str(tmp_path / "cache" / "llm-advice-v1.damaged-*"))
+    assert len(moved) == 1 and open(os.path.join(moved[0], "notes.txt")).read() == "a file of the user's"
+    assert open(os.path.join(moved[0], "cache.db"), "rb").read().startswith(b"\x00garbage")
+    assert (folder / "cache.db").exists()  # the new cache
+
+
+# ---- 13. tools/bench_server.py: counts of 0 ------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--num-states", "--rounds"])
+def test_bench_server_refuses_zero_counts(flag):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_server.py"), flag, "0"],
+                            capture_output=True, text=True, timeout=120, cwd=outside_repo())
+    assert_one_error_line(result, f"{flag} must be at least 1")
+
+
+# ---- 14. tools/advice_eval.py: outputs checked first; --env-ids alone is the subgoal table's levels too ---------------
+def test_advice_eval_checks_its_output_before_the_evaluation(tmp_path):
+    start = time.time()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "advice_eval.py"), "--output",
+                             str(tmp_path / "no-such-folder" / "report.md")], capture_output=True, text=True,
+                            timeout=300, cwd=outside_repo())
+    assert_one_error_line(result, "does not exist")
+    assert time.time() - start < 30
+
+
+def test_advice_eval_with_env_ids_alone_ranks_subgoals_on_those_levels(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "advice_eval.py"), "--env-ids",
+                             "BabyAI-GoToObj-v0", "--num-states", "2", "--subgoal-states", "2", "--llm-n-threads", "2"],
+                            capture_output=True, text=True, timeout=300, cwd=outside_repo())
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranking = result.stdout[result.stdout.index("## Subgoal ranking"):]
+    assert "GoToObj" in ranking and "KeyCorridor" not in ranking and "UnlockPickup" not in ranking
+
+
+# ---- also: server-only flags without a server, a chat API that mostly falls back, llama.cpp's context notice ----------
+def test_server_only_flags_without_a_server_get_one_warning_and_the_notice_is_gone(tmp_path):
+    result = run_script("--advisor", "llm", "--llm-timeout", "5", "--llm-n-threads", "2", "--total-timesteps", "128",
+                        "--llm-cache-dir", "none", "--run-dir", str(tmp_path / "runs"), *TINY, script="ppo_llm_policy.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--llm-timeout" in warnings[0] and "--llm-base-url" in warnings[0], result.stderr
+    assert "n_ctx_per_seq" not in result.stderr
+
+
+def test_a_chat_api_whose_answers_mostly_fall_back_warns_while_the_run_goes_on(misbehaving_server, tmp_path):
+    result = run_served(misbehaving_server("chat-prose"), "--llm-api", "chat", "--log-every", "1", "--total-timesteps",
+                        "256", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fell back to uniform advice" in result.stderr and "--llm-api completions" in result.stderr

@@ -25,13 +25,18 @@ import prompts  # noqa: E402
 from llmppo import bot  # noqa: E402
 from llmppo.advisers import make_advisor  # noqa: E402
 from llmppo.llama import resolve_model_path  # noqa: E402
+from llmppo.checks import float_flag_error  # noqa: E402
 from llmppo.llm_flags import LLMFlags, llm_flag_error, make_advisor_from_flags  # noqa: E402
+
+
+DEFAULT_ENV_IDS = ("BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-UnlockLocal-v0", "BabyAI-OpenDoor-v0")
+DEFAULT_SUBGOAL_ENV_IDS = ("BabyAI-KeyCorridorS3R1-v0", "BabyAI-UnlockLocal-v0", "BabyAI-UnlockPickup-v0",
+                           "BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0")
 
 
 @dataclass
 class Args(LLMFlags):
-    env_ids: tuple[str, ...] = ("BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-UnlockLocal-v0",
-                                "BabyAI-OpenDoor-v0")
+    env_ids: tuple[str, ...] = DEFAULT_ENV_IDS
     """BabyAI levels to sample states from (the expert bot must be able to solve them)"""
     num_states: int = 100
     """states per level"""
@@ -50,9 +55,10 @@ class Args(LLMFlags):
     llm_usd_per_mtok: tyro.conf.Suppress[float] = 0.0  # no cost estimate here: not a flag of this tool
     output: str | None = None
     """also write the Markdown report to this file"""
-    subgoal_env_ids: tuple[str, ...] = ("BabyAI-KeyCorridorS3R1-v0", "BabyAI-UnlockLocal-v0",
-                                        "BabyAI-UnlockPickup-v0", "BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0")
-    """BabyAI levels for the subgoal-ranking table (ppo_llm_explore.py's question: which visible subgoal next?)"""
+    subgoal_env_ids: tuple[str, ...] = ()
+    """BabyAI levels for the subgoal-ranking table (ppo_llm_explore.py's question: which visible subgoal next?);
+    default: the --env-ids levels when they are given, else KeyCorridorS3R1, UnlockLocal, UnlockPickup, GoToLocal and
+    PickupLoc"""
     subgoal_states: int = 60
     """states per level for the subgoal-ranking table (0: no ranking table)"""
 
@@ -270,7 +276,10 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
 
 
 def check_args(args: Args) -> str | None:
-    """The first problem with the flags, as one line naming the flag, or None (checked before any work)."""
+    """The first problem with the flags, as one line naming the flag, or None (checked before any work). Fills in the
+    subgoal table's default levels."""
+    if not args.subgoal_env_ids:
+        args.subgoal_env_ids = args.env_ids if args.env_ids != DEFAULT_ENV_IDS else DEFAULT_SUBGOAL_ENV_IDS
     levels = [env_id for env_id in gym.registry if env_id.startswith("BabyAI-")]
     for env_id in args.env_ids + args.subgoal_env_ids:
         if not env_id.startswith("BabyAI-"):
@@ -285,11 +294,15 @@ def check_args(args: Args) -> str | None:
         return f"--subgoal-states must be 0 (no ranking table) or more, got {args.subgoal_states}"
     if args.num_states < 1 or args.batch_size < 1:
         return f"--num-states and --batch-size must be at least 1, got {args.num_states} and {args.batch_size}"
-    if not 0 <= args.random_action_prob <= 1:
-        return f"--random-action-prob must be in [0, 1], got {args.random_action_prob}"
-    if args.output is not None and os.path.isdir(args.output):
-        return f"--output {args.output} is a folder: pass a file name"
-    return llm_flag_error(args)
+    if args.output is not None:  # checked now, not after the whole evaluation
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output):
+            return f"--output {args.output} is a folder: pass a file name"
+        if not os.path.isdir(folder):
+            return f"--output {args.output}: the folder {folder} does not exist; create it or pass another file"
+        if not os.access(folder, os.W_OK) or (os.path.exists(args.output) and not os.access(args.output, os.W_OK)):
+            return f"--output {args.output} cannot be written; pass a file in a folder you can write to"
+    return float_flag_error(args) or llm_flag_error(args)
 
 
 def main(args: Args) -> str:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import gymnasium as gym
+import minigrid  # noqa: F401  (registers the BabyAI levels)
 import numpy as np
 import tyro
 
@@ -92,6 +94,13 @@ def ms_per_query(advisor, texts, batch_size):
 
 
 def main(args: Args):
+    for name in ["num_states", "rounds", "threads", "batch_size"]:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port must be 0 (a free one) or a port number up to 65535, got {args.port}")
+    if args.env_id not in gym.registry or not args.env_id.startswith("BabyAI-"):
+        raise ValueError(f"--env-id {args.env_id}: pass a BabyAI level, e.g. BabyAI-UnlockLocal-v0")
     model_path = resolve_model_path(args.llm_model_path)
     texts = []
     seed = 1
