@@ -299,8 +299,14 @@ def instruction_text(actions: list[int]) -> str:
 
 
 def render_chat(system: str, user: str, chat_template: str | None = None, bos_token: str = "",
-                eos_token: str = "", model_name: str = "") -> str:
-    """One system + user turn and the assistant's opening, in the model's chat format."""
+                eos_token: str = "", model_name: str = "", add_bos: bool = True) -> str:
+    """One system + user turn and the assistant's opening, in the model's chat format; the template's BOS text only
+    where llama.cpp does not add BOS itself (`add_bos`: the model's setting; SmolLM2's BOS <|im_start|> opens a turn)."""
+    rendered = render_template(system, user, chat_template, bos_token, eos_token, model_name)
+    return rendered[len(bos_token):] if add_bos and bos_token and rendered.startswith(bos_token) else rendered
+
+
+def render_template(system, user, chat_template, bos_token, eos_token, model_name) -> str:
     if chat_template:
         try:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -328,9 +334,6 @@ def split_prompt(actions: list[int], **template_kwargs) -> tuple[str, str]:
     if rendered.count(SENTINEL) != 1:
         raise ValueError("the chat template did not keep the user message intact; pick another model")
     prefix, suffix = rendered.split(SENTINEL)
-    bos_token = template_kwargs.get("bos_token", "")
-    if bos_token and prefix.startswith(bos_token):
-        prefix = prefix[len(bos_token):]  # llama.cpp adds BOS itself when the model wants it
     return prefix, suffix
 
 
@@ -357,9 +360,6 @@ def subgoal_prompt(**template_kwargs) -> tuple[str, str, str]:
     """(prefix, suffix, lead-in) of the subgoal-ranking prompt: prefix + query + suffix + lead-in."""
     rendered = render_chat(SYSTEM_PROMPT, SUBGOAL_INSTRUCTIONS + SENTINEL, **template_kwargs)
     prefix, suffix = rendered.split(SENTINEL)
-    bos_token = template_kwargs.get("bos_token", "")
-    if bos_token and prefix.startswith(bos_token):
-        prefix = prefix[len(bos_token):]  # llama.cpp adds BOS itself
     return prefix, suffix, SUBGOAL_LEAD_IN if suffix[-1:].isspace() else " " + SUBGOAL_LEAD_IN
 
 

@@ -142,9 +142,13 @@ def load_llama(**llama_kwargs):
 
 
 def chat_template_kwargs(llm, model_path: str) -> dict:
-    """render_chat's template arguments from a loaded llama.cpp model (its GGUF metadata and special tokens)."""
+    """render_chat's template arguments from a loaded llama.cpp model (its GGUF metadata and special tokens, and whether
+    llama.cpp adds the BOS token itself when it tokenizes a prompt)."""
+    import llama_cpp
+
     token_text = lambda token_id: llm.detokenize([token_id], special=True).decode("utf-8", "ignore")
     return dict(chat_template=llm.metadata.get("tokenizer.chat_template"),
+                add_bos=bool(llama_cpp.llama_vocab_get_add_bos(llm._model.vocab)),
                 bos_token=token_text(llm.token_bos()) if llm.token_bos() >= 0 else "",
                 eos_token=token_text(llm.token_eos()) if llm.token_eos() >= 0 else "",
                 model_name=llm.metadata.get("general.name", "") + " " + os.path.basename(model_path))

@@ -263,7 +263,8 @@ class ServerBackend:
             props = self.server.request("GET", self.server.base_url.rsplit("/v1", 1)[0] + "/props", retry=False)
             if props.get("chat_template"):
                 return dict(chat_template=props["chat_template"], bos_token=str(props.get("bos_token", "")),
-                            eos_token=str(props.get("eos_token", "")), model_name=self.model), "the server's /props"
+                            eos_token=str(props.get("eos_token", "")), model_name=self.model,
+                            add_bos=props.get("add_bos_token", True) is not False), "the server's /props"
         return dict(model_name=self.model), "a built-in chat format chosen by the model's name"
 
     def prepare(self, adviser):

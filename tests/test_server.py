@@ -141,3 +141,40 @@ def test_the_chat_api_reads_answer_words_or_counts_a_fallback(server):
     ranked = chat.subgoal_probs(texts[0], ["go to the red ball", "go to the grey door", "go to the blue key"])
     assert np.isclose(ranked.sum(), 1) and ranked.max() - ranked.min() > 0.01  # the digits came back with log-probs
     chat.close()
+
+
+def test_the_prompt_keeps_the_chat_templates_first_token_in_process_and_served(server):
+    """Issue 38: SmolLM2's BOS token is <|im_start|>, the opening of its first chat turn, and llama.cpp does not add it
+    (the GGUF sets tokenizer.ggml.add_bos_token = false): the prompt must keep it. The tokens llama.cpp evaluates are
+    the tokenization of the whole rendered chat template, <|im_start|> first; a KV-reused score equals a fresh one."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    texts, _ = collect_states("BabyAI-GoToLocal-v0", 6, 0.2, seed=3)
+    texts = list(dict.fromkeys(texts))[:3]  # distinct: each one is evaluated, none comes from the memory cache
+    actions = prompts.allowed_actions("BabyAI-GoToLocal-v0")
+    local = advisers.make_advisor("llm", actions=actions, cache_dir=None, n_threads=1)
+    llm = local.backend.llm
+    template = llm.metadata["tokenizer.chat_template"]
+    im_start = llm.tokenize(b"<|im_start|>", add_bos=False, special=True)
+    assert len(im_start) == 1 and llm.token_bos() == im_start[0]
+    for text in texts:
+        messages = [{"role": "system", "content": prompts.SYSTEM_PROMPT},
+                    {"role": "user", "content": prompts.instruction_text(actions) + text}]
+        rendered = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
+            messages=messages, add_generation_prompt=True) + prompts.SCORE_LEAD_IN
+        assert local.prompt_text(text) == rendered and rendered.startswith("<|im_start|>system\n")
+        local.raw_answer(text)  # evaluates the prompt (the instructions' KV cache reused)
+        evaluated = list(llm.input_ids[: len(local.backend.tokenize_prompt(text))])
+        assert evaluated == llm.tokenize(rendered.encode(), add_bos=False, special=True) and evaluated[0] == im_start[0]
+    subgoal_text = local.subgoal_text(prompts.subgoal_query(texts[0], ["go to the red ball", "turn around"]))
+    assert subgoal_text.startswith("<|im_start|>system\n")
+    # A KV-reused score equals a from-scratch one (a fresh adviser, its first query after the instructions).
+    fresh = advisers.make_advisor("llm", actions=actions, cache_dir=None, n_threads=1)
+    np.testing.assert_allclose(fresh.raw_answer(texts[-1]), local.raw_answer(texts[-1]), atol=2e-2)
+    # The served adviser sends the same text, first token included, and gets the same scores.
+    served = advisers.make_advisor("llm", actions=actions, cache_dir=None, base_url=server)
+    assert served.prefix == local.prefix and served.subgoal_prefix.startswith("<|im_start|>")
+    np.testing.assert_allclose(np.array(served.raw_answer(texts[0]))[actions],
+                               np.array(local.raw_answer(texts[0]))[actions], atol=1e-4)
+    for adviser in (local, fresh, served):
+        adviser.close()
