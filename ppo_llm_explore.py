@@ -24,7 +24,7 @@ from torch.distributions.categorical import Categorical
 
 from llmppo import bot, flat_obs, llm_logging, runs
 from llmppo.evaluation import evaluate
-from llmppo.llm_flags import LLMFlags, make_advisor_from_flags
+from llmppo.llm_flags import LLMFlags, make_adviser_from_flags
 import prompts
 
 
@@ -289,7 +289,7 @@ if __name__ == "__main__":
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
     make_eval_envs = functools.partial(make_vector_env, args.env_id)  # evaluation: the actor alone
     try:  # the advisers speak MiniGrid's 7 actions; an env with fewer has MiniGrid's first ones
-        advisor = make_advisor_from_flags(args, actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
+        adviser = make_adviser_from_flags(args, actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
                                           stop=stop)  # Ctrl-C: the LLM queries not yet asked are skipped
     except ValueError as error:  # the model failed to load or fit --llm-n-ctx, or the server failed its check
         runs.fail(str(error))
@@ -332,7 +332,7 @@ if __name__ == "__main__":
         initial_memory = next_memory.clone()  # the update replays the rollout from here
         bonus_frac = max(0.0, 1.0 - (iteration - 1.0) / (args.bonus_anneal_frac * args.num_iterations))
         bonus_coef = args.bonus_coef * bonus_frac
-        llm_seconds, queries_before, misses_before = 0.0, advisor.stats["queries"], advisor.stats["misses"]
+        llm_seconds, queries_before, misses_before = 0.0, adviser.stats["queries"], adviser.stats["misses"]
 
         for step in range(0, args.num_steps):
             if stop():
@@ -348,7 +348,7 @@ if __name__ == "__main__":
                 llm_start = time.perf_counter()
                 texts = flat_obs.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
                 if args.bonus_mode == "action":
-                    advice = advisor.action_probs(texts, bot.expert_actions_from_infos(infos, args.num_envs))
+                    advice = adviser.action_probs(texts, bot.expert_actions_from_infos(infos, args.num_envs))
                     advice = prompts.env_probs(advice, envs.single_action_space.n)
                 else:
                     candidates = flat_obs.candidate_texts(next_obs.cpu().numpy(), candidate_cache, MISSION_WORDS, actions_allowed)
@@ -356,7 +356,7 @@ if __name__ == "__main__":
                     for i in range(args.num_envs):
                         if not set(candidates[i]) <= bonus_of[i].keys() or plans[i] != ranked_plans[i]:
                             ranked_plans[i] = plans[i]
-                            probs = advisor.subgoal_probs(texts[i], candidates[i], plans[i])
+                            probs = adviser.subgoal_probs(texts[i], candidates[i], plans[i])
                             weights = bot.bonus_weights(probs, args.bonus_mode, args.bonus_top_k)
                             bonus_of[i].update(zip(candidates[i], weights))
                 llm_seconds += time.perf_counter() - llm_start
@@ -503,7 +503,7 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
         if recent_returns:
             writer.add_scalar("charts/rolling_return", np.mean(recent_returns), global_step)
-        llm_queries, llm_misses = llm_logging.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
+        llm_queries, llm_misses = llm_logging.write_llm_scalars(writer, adviser.stats, queries_before, misses_before, llm_seconds,
                                                             global_step, args.llm_usd_per_mtok)
         writer.add_scalar("llm/bonus_coef", bonus_coef, global_step)
         if bonus_per_episode:  # intrinsic return and new subgoals per episode finished in this update
@@ -529,7 +529,7 @@ if __name__ == "__main__":
                 flush=True,
             )
     if train:
-        print(llm_logging.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
+        print(llm_logging.adviser_summary(args.advisor, adviser.stats, args.llm_usd_per_mtok), flush=True)
     # the end: a checkpoint (--save-model, or after Ctrl-C), the final evaluation of the actor alone, exit code 130 after Ctrl-C
     save = lambda: runs.save_checkpoint(run_path, agent, optimizer, args, global_step, iterations_done)
     final_evaluation = lambda video_dir: evaluate(agent, make_eval_envs, args.eval_episodes, args.num_envs, args.seed + 10_000,

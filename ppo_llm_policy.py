@@ -24,7 +24,7 @@ from torch.distributions.categorical import Categorical
 
 from llmppo import bot, flat_obs, llm_logging, runs
 from llmppo.evaluation import evaluate
-from llmppo.llm_flags import LLMFlags, make_advisor_from_flags
+from llmppo.llm_flags import LLMFlags, make_adviser_from_flags
 import prompts
 
 
@@ -301,13 +301,13 @@ if __name__ == "__main__":
     make_eval_envs = functools.partial(make_vector_env, args.env_id, expert=args.llm_only and expert)  # evaluation: the actor alone
 
     try:  # the advisers speak MiniGrid's 7 actions; an env with fewer has MiniGrid's first ones
-        advisor = make_advisor_from_flags(args, actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
+        adviser = make_adviser_from_flags(args, actions=prompts.allowed_actions(args.env_id, envs.single_action_space.n),
                                           stop=stop)  # Ctrl-C: the LLM queries not yet asked are skipped
     except ValueError as error:  # the model failed to load or fit --llm-n-ctx, or the server failed its check
         runs.fail(str(error))
 
     def adviser_logits(obs, infos, text_cache={}):  # --llm-only: the adviser's own distribution is the policy
-        probs = advisor.action_probs(flat_obs.observation_texts(obs, text_cache, MISSION_WORDS),
+        probs = adviser.action_probs(flat_obs.observation_texts(obs, text_cache, MISSION_WORDS),
                                      bot.expert_actions_from_infos(infos, len(obs)))
         return torch.as_tensor(np.log(prompts.env_probs(probs, envs.single_action_space.n)))
 
@@ -348,7 +348,7 @@ if __name__ == "__main__":
         # One LLM weight per iteration: the rollout and the update must use the same mixed policy.
         llm_frac = max(0.0, 1.0 - (iteration - 1.0) / (args.llm_anneal_frac * args.num_iterations))
         llm_coef = args.llm_coef * llm_frac
-        llm_seconds, queries_before, misses_before = 0.0, advisor.stats["queries"], advisor.stats["misses"]
+        llm_seconds, queries_before, misses_before = 0.0, adviser.stats["queries"], adviser.stats["misses"]
 
         for step in range(0, args.num_steps):
             if stop():
@@ -364,9 +364,9 @@ if __name__ == "__main__":
                 llm_start = time.perf_counter()
                 texts = flat_obs.observation_texts(next_obs.cpu().numpy(), text_cache, MISSION_WORDS)
                 expert_actions = bot.expert_actions_from_infos(infos, args.num_envs)
-                over_budget = 0 < args.llm_max_queries <= advisor.stats["misses"] - misses_before
+                over_budget = 0 < args.llm_max_queries <= adviser.stats["misses"] - misses_before
                 cached_only = step % args.llm_query_every != 0 or over_budget
-                advice = advisor.action_probs(texts, expert_actions, cached_only=cached_only)
+                advice = adviser.action_probs(texts, expert_actions, cached_only=cached_only)
                 advice = prompts.env_probs(advice, envs.single_action_space.n)
                 llm_seconds += time.perf_counter() - llm_start
             llm_logprobs[step] = torch.as_tensor(np.log(advice), dtype=torch.float32).to(device)
@@ -510,7 +510,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        llm_queries, llm_misses = llm_logging.write_llm_scalars(writer, advisor.stats, queries_before, misses_before, llm_seconds,
+        llm_queries, llm_misses = llm_logging.write_llm_scalars(writer, adviser.stats, queries_before, misses_before, llm_seconds,
                                                             global_step, args.llm_usd_per_mtok)
         writer.add_scalar("llm/coef", llm_coef, global_step)
         writer.add_scalar("llm/agree_with_policy", np.mean(agree_with_policy), global_step)
@@ -537,7 +537,7 @@ if __name__ == "__main__":
                 flush=True,
             )
     if train:
-        print(llm_logging.adviser_summary(args.advisor, advisor.stats, args.llm_usd_per_mtok), flush=True)
+        print(llm_logging.adviser_summary(args.advisor, adviser.stats, args.llm_usd_per_mtok), flush=True)
     # the end: a checkpoint (--save-model, or after Ctrl-C), the final evaluation of the actor alone (--llm-only: of the
     # adviser alone, nothing trained), exit code 130 after Ctrl-C
     save = lambda: runs.save_checkpoint(run_path, agent, optimizer, args, global_step, iterations_done)
@@ -545,6 +545,6 @@ if __name__ == "__main__":
         None if args.llm_only else agent, make_eval_envs, args.eval_episodes, args.num_envs, args.seed + 10_000, device,
         args.eval_argmax, None if args.llm_only else video_dir, stop=stop, policy=adviser_logits if args.llm_only else None)
     adviser_alone = dict(what=f"adviser '{args.advisor}' as the policy", tag="eval/llm_only_", details=lambda: (
-        f" ({advisor.stats['queries']} queries, {advisor.stats['misses']} uncached, {advisor.stats['fallbacks']} fallbacks)"))
+        f" ({adviser.stats['queries']} queries, {adviser.stats['misses']} uncached, {adviser.stats['fallbacks']} fallbacks)"))
     runs.finish(args, train, stop, save, final_evaluation, writer, envs, global_step,
                 **(adviser_alone if args.llm_only else dict(what="eval of the actor alone (no LLM)")))

@@ -2,8 +2,8 @@
 
 Every adviser has the same interface:
 
-    probs = advisor.action_probs(obs_texts, expert_actions=None)  # (N, 7) float32, rows sum to 1, all > 0
-    advisor.stats                                                  # dict of counters
+    probs = adviser.action_probs(obs_texts, expert_actions=None)  # (N, 7) float32, rows sum to 1, all > 0
+    adviser.stats                                                  # dict of counters
 
 `obs_texts` come from `describe_observation(image, direction, mission)` (one per env), `expert_actions` from
 llmppo.bot.BabyAIBotWrapper (info["expert_action"], -1 = none). Read top to bottom: 1. observation -> text,
@@ -407,7 +407,7 @@ def check_llm_settings(mode: str = "score", temperature: float = 1.0, subgoal_or
 # -----------------------------------------------------------------------------------------------------
 # 6. The LLM adviser: prompts, cache lookups and decoding here; the model behind a backend
 # -----------------------------------------------------------------------------------------------------
-class LLMAdvisor:
+class LLMAdviser:
     """Action prior (and subgoal ranking) from an LLM `backend`: llmppo.llama.LlamaBackend, a GGUF model in this process
     (built from `llama_kwargs` when `backend` is None), or llmppo.server.ServerBackend, an OpenAI-compatible server.
 

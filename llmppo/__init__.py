@@ -3,7 +3,7 @@
 - llama.py: the GGUF model file (the embedded SmolLM2 by default), its checks and loading, LlamaBackend (in process);
 - server.py: the OpenAI-compatible HTTP client and ServerBackend (the same adviser, served);
 - answer_cache.py: the memory and disk caches of raw LLM answers;
-- advisers.py: the expert, uniform, random and noisy-expert advisers, and make_advisor();
+- advisers.py: the expert, uniform, random and noisy-expert advisers, and make_adviser();
 - llm_flags.py: the scripts' LLM deployment flags (LLMFlags), their checks, and the adviser built from them;
 - llm_logging.py: the advisers' counters, the llm/* scalars and the end-of-run summary line;
 - bot.py: the env side: the BabyAI bot's actions and plan, the subgoals achieved, the bonus weights;

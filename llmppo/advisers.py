@@ -1,5 +1,5 @@
 """The baseline advisers, with the LLM adviser's interface (prompts.py): the BabyAI expert bot, uniform (no advice),
-random (consistent but useless) and noisy-expert (the bot at a known accuracy); and make_advisor(), which builds any
+random (consistent but useless) and noisy-expert (the bot at a known accuracy); and make_adviser(), which builds any
 adviser by name, the LLM one in process or served."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import hashlib
 
 import numpy as np
 
-from prompts import (NO_ADVICE, NUM_ACTIONS, LLMAdvisor, check_actions, check_candidates, check_llm_settings,
+from prompts import (NO_ADVICE, NUM_ACTIONS, LLMAdviser, check_actions, check_candidates, check_llm_settings,
                      finalize_probs, new_stats, subgoal_query, uniform_probs)
 
 
-class ExpertAdvisor:
+class ExpertAdviser:
     """One-hot (optionally smoothed) on the BabyAI bot's action; uniform where there is none (-1)."""
 
     def __init__(self, smoothing: float = 0.0, actions: list[int] | None = None):
@@ -53,7 +53,7 @@ class ExpertAdvisor:
         return ((1 - self.smoothing) * np.eye(n)[planned[0]] + self.smoothing / n).astype(np.float32)
 
 
-class UniformAdvisor:
+class UniformAdviser:
     """Uniform over all 7 actions: the 'no advice' control. It adds the same constant to every logit of a
     product-of-experts policy, so a guided run with it is the baseline run. (`actions` is accepted for the common
     interface and ignored on purpose: uniform over the allowed subset would already be advice.)"""
@@ -79,7 +79,7 @@ def hashed_rng(*parts) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-class RandomAdvisor:
+class RandomAdviser:
     """A consistent but useless adviser: a random distribution per observation text (seeded by its hash)."""
 
     def __init__(self, seed: int = 0, actions: list[int] | None = None):
@@ -105,7 +105,7 @@ class RandomAdvisor:
         return rng.dirichlet(np.ones(len(candidate_texts))).astype(np.float32)
 
 
-class NoisyExpertAdvisor:
+class NoisyExpertAdviser:
     """The BabyAI bot's action with probability `accuracy`, otherwise a uniformly chosen wrong action: an adviser of
     known quality, to place real LLMs on an accuracy axis (issue: "how good must the LLM be?").
 
@@ -176,14 +176,14 @@ class NoisyExpertAdvisor:
         return self.peaked(wrong[rng.integers(len(wrong))], n).astype(np.float32)
 
 
-ADVISOR_NAMES = ("llm", "expert", "uniform", "random", "noisy-expert")
+ADVISER_NAMES = ("llm", "expert", "uniform", "random", "noisy-expert")
 SERVER_KWARGS = ("base_url", "model", "api", "api_key_env", "top_logprobs", "max_concurrency", "max_rps", "timeout")
 LLAMA_KWARGS = ("n_gpu_layers", "n_threads", "n_ctx")  # in process only: a server has its own
 
 
-def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smoothing: float = 0.0,
+def make_adviser(name: str, actions: list[int] | None = None, seed: int = 0, smoothing: float = 0.0,
                  accuracy: float = 1.0, calibrated: bool = False, stop=lambda: False, **llm_kwargs):
-    """'llm' -> LLMAdvisor(backend, ...) with `stop` (see LLMAdvisor.stop): the backend is a ServerBackend when
+    """'llm' -> LLMAdviser(backend, ...) with `stop` (see LLMAdviser.stop): the backend is a ServerBackend when
     llm_kwargs has a base_url, else a LlamaBackend; the others answer at once and ignore the LLM arguments
     ('noisy-expert' takes `accuracy` and `calibrated`)."""
     if name == "llm":
@@ -198,17 +198,17 @@ def make_advisor(name: str, actions: list[int] | None = None, seed: int = 0, smo
             backend = ServerBackend(model_path=model_path, stop=stop, **server_kwargs)
         else:
             backend = LlamaBackend(model_path=model_path, **llama_kwargs)
-        advisor = LLMAdvisor(backend, actions=actions, **llm_kwargs)
-        advisor.stop = stop
-        return advisor
+        adviser = LLMAdviser(backend, actions=actions, **llm_kwargs)
+        adviser.stop = stop
+        return adviser
     if name == "expert":
-        return ExpertAdvisor(smoothing=smoothing, actions=actions)
+        return ExpertAdviser(smoothing=smoothing, actions=actions)
     if name == "uniform":
-        return UniformAdvisor(actions=actions)
+        return UniformAdviser(actions=actions)
     if name == "random":
-        return RandomAdvisor(seed=seed, actions=actions)
+        return RandomAdviser(seed=seed, actions=actions)
     if name == "noisy-expert":
-        return NoisyExpertAdvisor(accuracy=accuracy, calibrated=calibrated, seed=seed, actions=actions)
-    raise ValueError(f"unknown adviser {name!r}: choose one of {', '.join(ADVISOR_NAMES)}")
+        return NoisyExpertAdviser(accuracy=accuracy, calibrated=calibrated, seed=seed, actions=actions)
+    raise ValueError(f"unknown adviser {name!r}: choose one of {', '.join(ADVISER_NAMES)}")
 
 

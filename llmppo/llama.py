@@ -1,5 +1,5 @@
 """The GGUF model in this process: finding the file (the embedded SmolLM2 by default), checking it without loading its
-weights, loading it through llama.cpp, and LlamaBackend, the in-process backend of prompts.LLMAdvisor (tokenize,
+weights, loading it through llama.cpp, and LlamaBackend, the in-process backend of prompts.LLMAdviser (tokenize,
 evaluate with KV-prefix reuse, next-token log-probs, log-likelihoods of multi-token words, greedy replies)."""
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def chat_template_kwargs(llm, model_path: str) -> dict:
 
 
 class LlamaBackend:
-    """The GGUF model in this process, for prompts.LLMAdvisor: the chat template's arguments and the model's identity
+    """The GGUF model in this process, for prompts.LLMAdviser: the chat template's arguments and the model's identity
     (file name, size, hash of its first MB) for the adviser's prompts and cache keys; then, once prepare(adviser) has
     evaluated the shared instructions (their KV cache is reused by every query), one query's raw answer: the allowed
     action words' log-probs (score mode) or a short greedy reply (generate mode), or the subgoal numbers' scores."""

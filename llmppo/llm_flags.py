@@ -1,6 +1,6 @@
 """The LLM deployment flags, defined once (LLMFlags: which model, where it runs, its cache), checked once
 (llm_flag_error: cheap, before any model loads or run folder exists) and turned into an adviser in one call
-(make_advisor_from_flags). The scripts' own Args inherit LLMFlags; flags that change the algorithm (the adviser, its
+(make_adviser_from_flags). The scripts' own Args inherit LLMFlags; flags that change the algorithm (the adviser, its
 temperature, mode, coefficients...) stay in each script."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from llmppo.advisers import ADVISOR_NAMES, make_advisor
+from llmppo.advisers import ADVISER_NAMES, make_adviser
 from llmppo.answer_cache import DEFAULT_CACHE_DIR
 from llmppo.llama import gguf_load_error, resolve_model_path
 from llmppo.server import LLM_APIS, check_api_key_env, check_server_settings
@@ -58,11 +58,11 @@ def llm_flag_error(args) -> str | None:
     one line naming the flag, or None. Cheap: checked before any work, without loading the model's weights or asking a
     server (building the adviser, before the run folder exists, is where a server is reached and probed, once). The
     float flags are checked before, by llmppo.checks.float_flag_error."""
-    advisor = getattr(args, "advisor", None)
-    if advisor is not None and advisor not in ADVISOR_NAMES:
-        return f"unknown --advisor '{advisor}': choose one of {', '.join(ADVISOR_NAMES)}"
-    if advisor in ("expert", "noisy-expert") and not args.env_id.startswith("BabyAI-"):
-        return f"--advisor {advisor} needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})"
+    adviser = getattr(args, "advisor", None)
+    if adviser is not None and adviser not in ADVISER_NAMES:
+        return f"unknown --advisor '{adviser}': choose one of {', '.join(ADVISER_NAMES)}"
+    if adviser in ("expert", "noisy-expert") and not args.env_id.startswith("BabyAI-"):
+        return f"--advisor {adviser} needs a BabyAI-* level (the BabyAI bot cannot plan {args.env_id})"
     n_threads = getattr(args, "llm_n_threads", None)
     if n_threads is not None and n_threads < 1:
         return f"--llm-n-threads must be at least 1 (leave it out to use all cores), got {n_threads}"
@@ -116,10 +116,10 @@ def served_flag_error(args) -> str | None:
     return None
 
 
-def make_advisor_from_flags(args, actions: list[int], stop=lambda: False, **overrides):
-    """The adviser that a script's flags ask for (make_advisor with them): --advisor (default llm), --seed, the LLMFlags
+def make_adviser_from_flags(args, actions: list[int], stop=lambda: False, **overrides):
+    """The adviser that a script's flags ask for (make_adviser with them): --advisor (default llm), --seed, the LLMFlags
     fields, and where the script has them --advice-accuracy, --advice-calibrated, --llm-temperature, --llm-mode,
-    --llm-subgoal-orders; `overrides` replace make_advisor's arguments (e.g. a temporary cache_dir). In the scripts,
+    --llm-subgoal-orders; `overrides` replace make_adviser's arguments (e.g. a temporary cache_dir). In the scripts,
     inside try/except ValueError: a model that does not load or a server that does not answer is a one-line error."""
     kwargs = dict(seed=getattr(args, "seed", 0), accuracy=getattr(args, "advice_accuracy", 1.0),
                   calibrated=getattr(args, "advice_calibrated", False), model_path=args.llm_model_path,
@@ -131,7 +131,7 @@ def make_advisor_from_flags(args, actions: list[int], stop=lambda: False, **over
                   max_rps=args.llm_max_rps, timeout=args.llm_timeout)
     kwargs.update(overrides)
     try:
-        return make_advisor(getattr(args, "advisor", "llm"), actions=actions, stop=stop, **kwargs)
+        return make_adviser(getattr(args, "advisor", "llm"), actions=actions, stop=stop, **kwargs)
     except ValueError:
         if stop():  # Ctrl-C during a server's start-up checks: not a problem with the flags
             print("interrupted before the run started: nothing was written", file=sys.stderr)

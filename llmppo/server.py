@@ -1,7 +1,7 @@
 """The LLM behind an OpenAI-compatible server (llama-server, vLLM, Ollama, llama_cpp.server, OpenAI).
 
 LLMServer does the HTTP: one shared client, a request-rate cap, retries with backoff, token accounting.
-ServerBackend is the served backend of prompts.LLMAdvisor (same prompts, caches and decoding as in process), with
+ServerBackend is the served backend of prompts.LLMAdviser (same prompts, caches and decoding as in process), with
 each uncached query sent to the server:
   --llm-api completions: the in-process prompt text and the next token's top log-probs; allowed words missing from
                          the top-K are scored as continuations (prompt + word, echo + logprobs) where the server
@@ -210,7 +210,7 @@ def check_server_settings(api: str, top_logprobs: int, max_concurrency: int, max
 
 
 class ServerBackend:
-    """The served backend of prompts.LLMAdvisor (the module docstring says how it scores).
+    """The served backend of prompts.LLMAdviser (the module docstring says how it scores).
 
     Building it connects to the server and checks the model; prepare(adviser) then probes the endpoint once with the
     adviser's prompt. The prompt text is the in-process one: the chat template comes from a local GGUF when there is

@@ -133,7 +133,7 @@ def test_bonus_weights_prob_topk_and_ties():
 
 
 def test_the_expert_ranks_the_bots_next_step_first_and_following_it_pays_every_achievement():
-    expert, uniform = advisers.make_advisor("expert"), advisers.make_advisor("uniform")
+    expert, uniform = advisers.make_adviser("expert"), advisers.make_adviser("uniform")
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
     for seed in range(3):
         env = bot.SubgoalTracker(bot.BabyAIBotWrapper(gym.make("BabyAI-UnlockLocal-v0")))
@@ -158,29 +158,29 @@ def test_the_expert_ranks_the_bots_next_step_first_and_following_it_pays_every_a
 
 # ---- the real LLM ---------------------------------------------------------------------------------------------------
 def test_llm_subgoal_probs_is_a_cached_distribution_over_the_candidates(tmp_path):
-    advisor = advisers.make_advisor("llm", n_threads=1, cache_dir=str(tmp_path),
+    adviser = advisers.make_adviser("llm", n_threads=1, cache_dir=str(tmp_path),
                                            actions=prompts.allowed_actions("BabyAI-UnlockLocal-v0"))
     obs_text = "Goal: open the door. You see locked red door two forward one right, red key one left. You carry nothing."
     candidates = ["pick up the red key", "go to the red key", "go to the red door"]
-    probs = advisor.subgoal_probs(obs_text, candidates)
+    probs = adviser.subgoal_probs(obs_text, candidates)
     assert probs.shape == (3,) and probs.dtype == np.float32 and np.all(probs > 0)
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
-    assert advisor.stats["misses"] == 1 and advisor.stats["queries"] == 1
-    np.testing.assert_array_equal(advisor.subgoal_probs(obs_text, candidates), probs)
-    assert advisor.stats["misses"] == 1 and advisor.stats["memory_hits"] == 1  # the repeat is a cache hit
-    assert advisor.subgoal_probs(obs_text, candidates[:1]).tolist() == [1.0] and advisor.stats["queries"] == 2
-    assert advisor.action_probs([obs_text]).shape == (1, 7)  # still the action adviser too
-    advisor.close()
-    again = advisers.make_advisor("llm", n_threads=1, cache_dir=str(tmp_path), actions=advisor.actions)
+    assert adviser.stats["misses"] == 1 and adviser.stats["queries"] == 1
+    np.testing.assert_array_equal(adviser.subgoal_probs(obs_text, candidates), probs)
+    assert adviser.stats["misses"] == 1 and adviser.stats["memory_hits"] == 1  # the repeat is a cache hit
+    assert adviser.subgoal_probs(obs_text, candidates[:1]).tolist() == [1.0] and adviser.stats["queries"] == 2
+    assert adviser.action_probs([obs_text]).shape == (1, 7)  # still the action adviser too
+    adviser.close()
+    again = advisers.make_adviser("llm", n_threads=1, cache_dir=str(tmp_path), actions=adviser.actions)
     np.testing.assert_allclose(again.subgoal_probs(obs_text, candidates), probs, atol=1e-6)
     assert again.stats["disk_hits"] == 1 and again.stats["misses"] == 0  # and it persists on disk
     again.close()
 
 
 # ---- the script end to end ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("advisor, env_id", [("llm", "BabyAI-PickupLoc-v0"), ("expert", "BabyAI-GoToObj-v0")])
-def test_a_tiny_run_logs_the_llm_scalars(advisor, env_id, tmp_path):
-    result = run_explore("--advisor", advisor, "--env-id", env_id, "--total-timesteps", "512", "--eval-episodes", "2",
+@pytest.mark.parametrize("adviser, env_id", [("llm", "BabyAI-PickupLoc-v0"), ("expert", "BabyAI-GoToObj-v0")])
+def test_a_tiny_run_logs_the_llm_scalars(adviser, env_id, tmp_path):
+    result = run_explore("--advisor", adviser, "--env-id", env_id, "--total-timesteps", "512", "--eval-episodes", "2",
                          "--run-dir", str(tmp_path / "runs"), *TINY, cache_dir=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     logged = scalars(only_run(str(tmp_path / "runs")))
@@ -189,7 +189,7 @@ def test_a_tiny_run_logs_the_llm_scalars(advisor, env_id, tmp_path):
     assert logged["llm/bonus_coef"][0] == pytest.approx(0.1) and logged["llm/bonus_coef"][-1] == 0.0  # annealed, then no queries
     assert logged["llm/queries"][0] > 0 and logged["llm/queries"][-1] == 0
     assert max(logged["charts/episodic_return"]) <= 1.0  # extrinsic only
-    assert f"LLM adviser '{advisor}'" in result.stdout and "eval of the actor alone (no bonus)" in result.stdout
+    assert f"LLM adviser '{adviser}'" in result.stdout and "eval of the actor alone (no bonus)" in result.stdout
 
 
 def test_uniform_action_bonus_is_exactly_the_baseline(tmp_path):

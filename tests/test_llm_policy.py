@@ -15,12 +15,12 @@ def run_policy(*flags, cache_dir):
 
 
 @pytest.mark.parametrize(
-    "advisor, env_id",
+    "adviser, env_id",
     [("llm", "MiniGrid-DoorKey-5x5-v0"), ("expert", "BabyAI-GoToObj-v0"), ("uniform", "MiniGrid-DoorKey-5x5-v0"),
      ("random", "BabyAI-GoToObj-v0")],
 )
-def test_a_tiny_run_logs_the_llm_scalars(advisor, env_id, tmp_path):
-    result = run_policy("--advisor", advisor, "--env-id", env_id, "--total-timesteps", "512", "--distill-coef", "0.1",
+def test_a_tiny_run_logs_the_llm_scalars(adviser, env_id, tmp_path):
+    result = run_policy("--advisor", adviser, "--env-id", env_id, "--total-timesteps", "512", "--distill-coef", "0.1",
                         "--eval-episodes", "2", "--run-dir", str(tmp_path / "runs"), *TINY, cache_dir=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     logged = scalars(only_run(str(tmp_path / "runs")))

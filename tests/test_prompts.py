@@ -140,13 +140,13 @@ def test_missing_model_path_is_a_one_line_error(tmp_path):
     assert llama.resolve_model_path(None).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def test_make_advisor_rejects_unknown_names_and_bad_flags():
+def test_make_adviser_rejects_unknown_names_and_bad_flags():
     with pytest.raises(ValueError, match="unknown adviser 'oracle'"):
-        advisers.make_advisor("oracle")
+        advisers.make_adviser("oracle")
     with pytest.raises(ValueError, match="--llm-temperature"):
-        advisers.make_advisor("llm", temperature=0.0)
+        advisers.make_adviser("llm", temperature=0.0)
     with pytest.raises(ValueError, match="--llm-mode"):
-        advisers.make_advisor("llm", mode="chat")
+        advisers.make_adviser("llm", mode="chat")
 
 
 def assert_valid_probs(probs, n_rows):
@@ -157,7 +157,7 @@ def assert_valid_probs(probs, n_rows):
 
 def test_expert_uniform_and_random_advisers():
     texts = ["Goal: a. You see nothing. You carry nothing.", "Goal: b. You see nothing. You carry nothing."]
-    expert = advisers.make_advisor("expert", smoothing=0.1, actions=[0, 1, 2])
+    expert = advisers.make_adviser("expert", smoothing=0.1, actions=[0, 1, 2])
     probs = expert.action_probs(texts, np.array([2, -1]))
     assert_valid_probs(probs, 2)
     assert probs[0].argmax() == FORWARD and probs[0, FORWARD] > 0.9
@@ -166,17 +166,17 @@ def test_expert_uniform_and_random_advisers():
     with pytest.raises(ValueError, match="BabyAIBotWrapper"):
         expert.action_probs(texts)
 
-    uniform = advisers.make_advisor("uniform", actions=[0, 1, 2, 3])
+    uniform = advisers.make_adviser("uniform", actions=[0, 1, 2, 3])
     probs = uniform.action_probs(texts)
     assert_valid_probs(probs, 2)
     np.testing.assert_allclose(probs, 1 / 7, atol=1e-6)  # all 7 actions: the exact no-advice control
 
-    random_advisor = advisers.make_advisor("random", seed=3)
-    first, again = random_advisor.action_probs(texts), random_advisor.action_probs(texts[::-1])[::-1]
+    random_adviser = advisers.make_adviser("random", seed=3)
+    first, again = random_adviser.action_probs(texts), random_adviser.action_probs(texts[::-1])[::-1]
     assert_valid_probs(first, 2)
     np.testing.assert_array_equal(first, again)  # consistent per observation text
     assert not np.allclose(first[0], first[1])  # but different across texts
-    assert not np.allclose(first, advisers.make_advisor("random", seed=4).action_probs(texts))
+    assert not np.allclose(first, advisers.make_adviser("random", seed=4).action_probs(texts))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,11 +197,11 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def advisor(cache_dir):
-    advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=cache_dir,
+def adviser(cache_dir):
+    adviser = prompts.LLMAdviser(n_threads=N_THREADS, cache_dir=cache_dir,
                                  actions=prompts.allowed_actions("BabyAI-GoToLocal-v0"))
-    yield advisor
-    advisor.close()
+    yield adviser
+    adviser.close()
 
 
 @pytest.fixture(scope="session")
@@ -209,92 +209,92 @@ def gotolocal_texts():
     return reset_texts("BabyAI-GoToLocal-v0", seeds=range(4))
 
 
-def test_llm_scores_are_valid_distributions_on_real_observations(advisor, gotolocal_texts, cache_dir):
-    probs = advisor.action_probs(gotolocal_texts)
+def test_llm_scores_are_valid_distributions_on_real_observations(adviser, gotolocal_texts, cache_dir):
+    probs = adviser.action_probs(gotolocal_texts)
     assert_valid_probs(probs, len(gotolocal_texts))
     assert np.all(probs[:, 3:] < 1e-3)  # outside GoTo's allowed actions: only the floor
-    assert advisor.stats["misses"] == len(set(gotolocal_texts)) and advisor.stats["fallbacks"] == 0
+    assert adviser.stats["misses"] == len(set(gotolocal_texts)) and adviser.stats["fallbacks"] == 0
 
     doorkey_actions = prompts.allowed_actions("MiniGrid-DoorKey-5x5-v0")
-    doorkey = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=cache_dir, actions=doorkey_actions)
+    doorkey = prompts.LLMAdviser(n_threads=N_THREADS, cache_dir=cache_dir, actions=doorkey_actions)
     probs = doorkey.action_probs(reset_texts("MiniGrid-DoorKey-5x5-v0", seeds=[0, 1]))
     doorkey.close()
     assert_valid_probs(probs, 2)
     assert np.all(probs[:, doorkey_actions].sum(axis=1) > 0.99)
 
 
-def test_cache_hit_on_repeat_and_temperature_applies_after_the_cache(advisor, gotolocal_texts):
-    first = advisor.action_probs(gotolocal_texts)
-    before = dict(advisor.stats)
-    again = advisor.action_probs(gotolocal_texts)
+def test_cache_hit_on_repeat_and_temperature_applies_after_the_cache(adviser, gotolocal_texts):
+    first = adviser.action_probs(gotolocal_texts)
+    before = dict(adviser.stats)
+    again = adviser.action_probs(gotolocal_texts)
     np.testing.assert_array_equal(first, again)
-    assert advisor.stats["memory_hits"] == before["memory_hits"] + len(gotolocal_texts)
-    assert advisor.stats["misses"] == before["misses"]
-    assert advisor.stats["tokens_evaluated"] == before["tokens_evaluated"]
-    assert advisor.stats["queries"] == before["queries"] + len(gotolocal_texts)
+    assert adviser.stats["memory_hits"] == before["memory_hits"] + len(gotolocal_texts)
+    assert adviser.stats["misses"] == before["misses"]
+    assert adviser.stats["tokens_evaluated"] == before["tokens_evaluated"]
+    assert adviser.stats["queries"] == before["queries"] + len(gotolocal_texts)
 
-    advisor.temperature = 10.0  # softer, from the same cached raw scores
+    adviser.temperature = 10.0  # softer, from the same cached raw scores
     try:
-        soft = advisor.action_probs(gotolocal_texts)
+        soft = adviser.action_probs(gotolocal_texts)
     finally:
-        advisor.temperature = 1.0
-    assert advisor.stats["misses"] == before["misses"]
+        adviser.temperature = 1.0
+    assert adviser.stats["misses"] == before["misses"]
     entropy = lambda p: -(p * np.log(p)).sum(axis=1)
     assert np.all(entropy(soft) > entropy(first))
 
 
-def test_cached_only_answers_from_the_cache_and_never_calls_the_llm(advisor, gotolocal_texts):
-    seen = advisor.action_probs(gotolocal_texts[:1])
+def test_cached_only_answers_from_the_cache_and_never_calls_the_llm(adviser, gotolocal_texts):
+    seen = adviser.action_probs(gotolocal_texts[:1])
     unseen_text = gotolocal_texts[0].replace("Goal:", "Goal: quickly")
-    before = dict(advisor.stats)
-    probs = advisor.action_probs([gotolocal_texts[0], unseen_text], cached_only=True)
+    before = dict(adviser.stats)
+    probs = adviser.action_probs([gotolocal_texts[0], unseen_text], cached_only=True)
     np.testing.assert_array_equal(probs[0], seen[0])
     np.testing.assert_allclose(probs[1], 1 / 7, atol=1e-6)  # no advice for the unseen state
-    assert advisor.stats["misses"] == before["misses"] and advisor.stats["skipped"] == before["skipped"] + 1
+    assert adviser.stats["misses"] == before["misses"] and adviser.stats["skipped"] == before["skipped"] + 1
 
 
-def test_a_stopped_advisor_skips_the_queries_not_yet_asked(advisor, gotolocal_texts):
-    """Ctrl-C (the scripts point advisor.stop at their flag) during a step's uncached queries: the query under way
+def test_a_stopped_adviser_skips_the_queries_not_yet_asked(adviser, gotolocal_texts):
+    """Ctrl-C (the scripts point adviser.stop at their flag) during a step's uncached queries: the query under way
     finishes, the rest get no advice, are not cached and are not fallbacks, so a run stops within one query."""
     texts = [text.replace("Goal:", "Goal: now") for text in gotolocal_texts]
-    before = dict(advisor.stats)
-    advisor.stop = lambda: advisor.stats["tokens_evaluated"] > before["tokens_evaluated"]  # true after one query
+    before = dict(adviser.stats)
+    adviser.stop = lambda: adviser.stats["tokens_evaluated"] > before["tokens_evaluated"]  # true after one query
     try:
-        probs = advisor.action_probs(texts)
+        probs = adviser.action_probs(texts)
     finally:
-        del advisor.stop  # back to the class's "never"
+        del adviser.stop  # back to the class's "never"
     no_advice = np.all(np.abs(probs - 1 / 7) < 1e-6, axis=1)
     assert no_advice.sum() == len(texts) - 1 and not no_advice[texts.index(min(texts))]  # asked in sorted order
-    assert advisor.stats["misses"] == before["misses"] + 1 and advisor.stats["fallbacks"] == before["fallbacks"]
-    assert advisor.stats["skipped"] == before["skipped"] + len(texts) - 1
-    advisor.action_probs(texts)  # the skipped ones were not cached: they are asked now
-    assert advisor.stats["misses"] == before["misses"] + len(texts)
+    assert adviser.stats["misses"] == before["misses"] + 1 and adviser.stats["fallbacks"] == before["fallbacks"]
+    assert adviser.stats["skipped"] == before["skipped"] + len(texts) - 1
+    adviser.action_probs(texts)  # the skipped ones were not cached: they are asked now
+    assert adviser.stats["misses"] == before["misses"] + len(texts)
 
 
-def test_cached_score_equals_a_fresh_score_and_a_full_prompt_evaluation(advisor, gotolocal_texts):
-    cached = advisor.action_probs(gotolocal_texts[:2])
-    fresh_advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=None, actions=advisor.actions)
-    fresh = fresh_advisor.action_probs(gotolocal_texts[:2])
+def test_cached_score_equals_a_fresh_score_and_a_full_prompt_evaluation(adviser, gotolocal_texts):
+    cached = adviser.action_probs(gotolocal_texts[:2])
+    fresh_adviser = prompts.LLMAdviser(n_threads=N_THREADS, cache_dir=None, actions=adviser.actions)
+    fresh = fresh_adviser.action_probs(gotolocal_texts[:2])
     np.testing.assert_allclose(fresh, cached, atol=2e-3)
 
     # The prefix KV reuse gives the same log-probs as evaluating the whole prompt from scratch.
     text = gotolocal_texts[0]
-    fresh_backend = fresh_advisor.backend  # the in-process model (llmppo.llama.LlamaBackend)
+    fresh_backend = fresh_adviser.backend  # the in-process model (llmppo.llama.LlamaBackend)
     llm = fresh_backend.llm
     full_prompt = fresh_backend.tokenize_prompt(text)
     assert full_prompt[:fresh_backend.n_prefix_tokens] == fresh_backend.prefix_tokens
     llm.n_tokens = 0
     llm.eval(full_prompt)
     log_probs = fresh_backend._last_log_probs()
-    from_scratch = [log_probs[fresh_backend.answer_tokens[a][0]] for a in advisor.actions]
-    reused = np.array(advisor.raw_answer(text))[advisor.actions]
+    from_scratch = [log_probs[fresh_backend.answer_tokens[a][0]] for a in adviser.actions]
+    reused = np.array(adviser.raw_answer(text))[adviser.actions]
     np.testing.assert_allclose(reused, from_scratch, atol=2e-2)
-    fresh_advisor.close()
+    fresh_adviser.close()
 
 
-def test_only_the_suffix_is_evaluated_per_uncached_query(advisor, gotolocal_texts):
-    advisor.action_probs(gotolocal_texts)
-    stats = advisor.stats
+def test_only_the_suffix_is_evaluated_per_uncached_query(adviser, gotolocal_texts):
+    adviser.action_probs(gotolocal_texts)
+    stats = adviser.stats
     assert stats["prefix_tokens"] > 40
     assert 5 < stats["tokens_per_uncached_query"] <= stats["prompt_tokens_per_query"] - stats["prefix_tokens"]
     assert stats["ms_per_uncached_query"] > 0
@@ -304,9 +304,9 @@ PERSIST_SCRIPT = """
 import json, sys
 sys.path.insert(0, {root!r})
 import prompts
-advisor = prompts.LLMAdvisor(n_threads=1, cache_dir={cache!r}, actions=[0, 1, 2])
-advisor.action_probs({texts!r})
-print(json.dumps(advisor.stats))
+adviser = prompts.LLMAdviser(n_threads=1, cache_dir={cache!r}, actions=[0, 1, 2])
+adviser.action_probs({texts!r})
+print(json.dumps(adviser.stats))
 """
 
 
@@ -324,25 +324,25 @@ def test_disk_cache_survives_a_new_process(tmp_path):
 
 def test_corrupt_disk_cache_is_rebuilt_with_a_warning(tmp_path):
     texts = ["Goal: open the door. You see closed red door one forward. You carry nothing."]
-    advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
-    advisor.action_probs(texts)
-    advisor.close()
+    adviser = prompts.LLMAdviser(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
+    adviser.action_probs(texts)
+    adviser.close()
     sqlite_file = tmp_path / "llm-advice-v1" / "cache.db"
     assert sqlite_file.exists()
     sqlite_file.write_bytes(b"\x00garbage, not sqlite\xff" * 512)
     with pytest.warns(UserWarning, match="corrupt"):
-        advisor = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
-    assert_valid_probs(advisor.action_probs(texts), 1)
-    assert advisor.stats["misses"] == 1  # the cache was rebuilt empty
-    advisor.close()
-    reopened = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
+        adviser = prompts.LLMAdviser(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
+    assert_valid_probs(adviser.action_probs(texts), 1)
+    assert adviser.stats["misses"] == 1  # the cache was rebuilt empty
+    adviser.close()
+    reopened = prompts.LLMAdviser(n_threads=N_THREADS, cache_dir=str(tmp_path), actions=[0, 1, 2, 5])
     reopened.action_probs(texts)
     assert reopened.stats["disk_hits"] == 1  # and works again
     reopened.close()
 
 
 def test_generate_mode_and_garbage_reply_fallback(gotolocal_texts):
-    generator = prompts.LLMAdvisor(n_threads=N_THREADS, cache_dir=None, mode="generate", actions=[0, 1, 2])
+    generator = prompts.LLMAdviser(n_threads=N_THREADS, cache_dir=None, mode="generate", actions=[0, 1, 2])
     probs = generator.action_probs(gotolocal_texts[:2])
     assert_valid_probs(probs, 2)
     assert generator.stats["misses"] == 2 and generator.stats["tokens_evaluated"] > 0
@@ -429,38 +429,38 @@ def bot_states():
 @pytest.mark.parametrize("accuracy", [1.0, 0.6, 0.25, 0.0])
 def test_noisy_expert_agreement_matches_its_accuracy(bot_states, accuracy):
     texts, expert_actions = bot_states
-    advisor = advisers.make_advisor("noisy-expert", accuracy=accuracy, seed=1,
+    adviser = advisers.make_adviser("noisy-expert", accuracy=accuracy, seed=1,
                                    actions=prompts.allowed_actions("BabyAI-GoToLocal-v0"))
-    probs = advisor.action_probs(texts, expert_actions)
+    probs = adviser.action_probs(texts, expert_actions)
     assert_valid_probs(probs, len(texts))
     agreement = (probs.argmax(1) == expert_actions).mean()
     tolerance = 4 * np.sqrt(accuracy * (1 - accuracy) / len(texts)) + 1e-9  # 4 standard errors
     assert abs(agreement - accuracy) <= tolerance, (agreement, accuracy, tolerance)
-    assert advisor.stats["agreed"] == int(round(agreement * len(texts)))
+    assert adviser.stats["agreed"] == int(round(agreement * len(texts)))
     np.testing.assert_allclose(probs.max(1), 0.8, atol=1e-3)  # as confident as an LLM, whatever its accuracy
     wrong = probs.argmax(1) != expert_actions
     assert set(probs.argmax(1)[wrong]) <= {0, 1, 2}  # wrong advice stays within GoToLocal's allowed actions
     # consistent, like a cached LLM: the same state gets the same answer
-    np.testing.assert_array_equal(probs, advisor.action_probs(texts, expert_actions))
+    np.testing.assert_array_equal(probs, adviser.action_probs(texts, expert_actions))
 
 
 def test_noisy_expert_calibrated_confidence_and_subgoal_ranking(bot_states):
     texts, expert_actions = bot_states
-    calibrated = advisers.make_advisor("noisy-expert", accuracy=0.6, calibrated=True, actions=[0, 1, 2, 3, 4, 5])
+    calibrated = advisers.make_adviser("noisy-expert", accuracy=0.6, calibrated=True, actions=[0, 1, 2, 3, 4, 5])
     probs = calibrated.action_probs(texts[:50], expert_actions[:50])
     np.testing.assert_allclose(probs.max(1), 0.6, atol=1e-3)
     assert calibrated.action_probs(texts[:1], [-1])[0].max() < 0.2 and calibrated.stats["fallbacks"] == 1
     with pytest.raises(ValueError, match="BabyAIBotWrapper"):
         calibrated.action_probs(texts[:1])
     with pytest.raises(ValueError, match="accuracy"):
-        advisers.make_advisor("noisy-expert", accuracy=1.5)
+        advisers.make_adviser("noisy-expert", accuracy=1.5)
 
     candidates = ["pick up the red key", "open the red door", "go to the green goal", "drop the ball"]
     for accuracy in (1.0, 0.5):
-        noisy = advisers.make_advisor("noisy-expert", accuracy=accuracy, seed=2)
+        noisy = advisers.make_adviser("noisy-expert", accuracy=accuracy, seed=2)
         tops = [noisy.subgoal_probs(text, candidates, expert_plan=["open the red door"]).argmax() for text in texts]
         agreement = np.mean(np.array(tops) == 1)
         assert abs(agreement - accuracy) <= 4 * np.sqrt(accuracy * (1 - accuracy) / len(texts)) + 1e-9
     # nothing on the bot's plan: a right answer pays nothing (zeros, like the expert), a wrong one ranks a candidate
-    off_plan = [advisers.make_advisor("noisy-expert", accuracy=0.5).subgoal_probs(text, candidates) for text in texts]
+    off_plan = [advisers.make_adviser("noisy-expert", accuracy=0.5).subgoal_probs(text, candidates) for text in texts]
     assert 0.35 < np.mean([not probs.any() for probs in off_plan]) < 0.65

@@ -21,7 +21,7 @@ def test_ranking_table_from_real_bot_plans_and_the_real_model(tmp_path):
 
 
 def test_cyclic_orders_average_every_position_back_onto_the_candidates(tmp_path):
-    llm = prompts.LLMAdvisor(cache_dir=str(tmp_path), n_threads=1, subgoal_orders="cyclic")
+    llm = prompts.LLMAdviser(cache_dir=str(tmp_path), n_threads=1, subgoal_orders="cyclic")
     text = "Goal: open the door. You see yellow key one forward one left, locked yellow door two forward. You carry nothing."
     candidates = ["go to the yellow key", "pick up the yellow key", "go to the locked yellow door"]
     debiased = llm.subgoal_probs(text, candidates)
@@ -40,7 +40,7 @@ def test_cyclic_orders_average_every_position_back_onto_the_candidates(tmp_path)
 def test_the_noisy_ranker_puts_the_bots_subgoal_first_with_probability_p():
     states = advice_eval.collect_subgoal_states("BabyAI-KeyCorridorS3R1-v0", 300, 0.3, seed=5)
     for accuracy in (1.0, 0.6, 0.25):
-        ranker = advisers.NoisyExpertAdvisor(accuracy=accuracy, seed=1)
+        ranker = advisers.NoisyExpertAdviser(accuracy=accuracy, seed=1)
         hits = [int(np.argmax(ranker.subgoal_probs(text, candidates, [target])) == candidates.index(target))
                 for text, candidates, target, *_ in states]
         tolerance = 3 * np.sqrt(accuracy * (1 - accuracy) / len(states)) + 1e-9

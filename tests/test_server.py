@@ -28,8 +28,8 @@ def server():
 def test_served_scores_equal_the_in_process_ones(server):
     texts, _ = collect_states("BabyAI-UnlockLocal-v0", 20, 0.2, seed=1)
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
-    local = advisers.make_advisor("llm", actions=actions, cache_dir=None, n_threads=1)
-    served = advisers.make_advisor("llm", actions=actions, cache_dir=None, base_url=server)
+    local = advisers.make_adviser("llm", actions=actions, cache_dir=None, n_threads=1)
+    served = advisers.make_adviser("llm", actions=actions, cache_dir=None, base_url=server)
     local_probs, served_probs = local.action_probs(texts), served.action_probs(texts)
     assert served.stats["misses"] == len(set(texts)) and served.stats["requests"] >= len(set(texts))
     assert served.stats["prompt_tokens"] > 0 and served.stats["fallbacks"] == 0
@@ -50,7 +50,7 @@ def test_a_small_top_k_floors_missing_words_and_rps_is_capped(server):
     texts, _ = collect_states("BabyAI-UnlockLocal-v0", 12, 0.2, seed=2)
     texts = list(dict.fromkeys(texts))
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
-    served = advisers.make_advisor("llm", actions=actions, cache_dir=None, base_url=server, top_logprobs=2, max_rps=5)
+    served = advisers.make_adviser("llm", actions=actions, cache_dir=None, base_url=server, top_logprobs=2, max_rps=5)
     start = time.monotonic()
     probs = served.action_probs(texts)
     elapsed = time.monotonic() - start
@@ -133,7 +133,7 @@ def test_the_chat_api_reads_answer_words_or_counts_a_fallback(server):
     texts, _ = collect_states("BabyAI-GoToLocal-v0", 6, 0.2, seed=3)
     texts = list(dict.fromkeys(texts))
     actions = prompts.allowed_actions("BabyAI-GoToLocal-v0")
-    chat = advisers.make_advisor("llm", actions=actions, cache_dir=None, base_url=server, api="chat")
+    chat = advisers.make_adviser("llm", actions=actions, cache_dir=None, base_url=server, api="chat")
     probs = chat.action_probs(texts)
     uniform = prompts.finalize_probs(prompts.uniform_probs(actions))
     no_word = [np.allclose(row, uniform) for row in probs]  # SmolLM2's chat answers often start with "You ..."
@@ -152,7 +152,7 @@ def test_the_prompt_keeps_the_chat_templates_first_token_in_process_and_served(s
     texts, _ = collect_states("BabyAI-GoToLocal-v0", 6, 0.2, seed=3)
     texts = list(dict.fromkeys(texts))[:3]  # distinct: each one is evaluated, none comes from the memory cache
     actions = prompts.allowed_actions("BabyAI-GoToLocal-v0")
-    local = advisers.make_advisor("llm", actions=actions, cache_dir=None, n_threads=1)
+    local = advisers.make_adviser("llm", actions=actions, cache_dir=None, n_threads=1)
     llm = local.backend.llm
     template = llm.metadata["tokenizer.chat_template"]
     im_start = llm.tokenize(b"<|im_start|>", add_bos=False, special=True)
@@ -169,10 +169,10 @@ def test_the_prompt_keeps_the_chat_templates_first_token_in_process_and_served(s
     subgoal_text = local.subgoal_text(prompts.subgoal_query(texts[0], ["go to the red ball", "turn around"]))
     assert subgoal_text.startswith("<|im_start|>system\n")
     # A KV-reused score equals a from-scratch one (a fresh adviser, its first query after the instructions).
-    fresh = advisers.make_advisor("llm", actions=actions, cache_dir=None, n_threads=1)
+    fresh = advisers.make_adviser("llm", actions=actions, cache_dir=None, n_threads=1)
     np.testing.assert_allclose(fresh.raw_answer(texts[-1]), local.raw_answer(texts[-1]), atol=2e-2)
     # The served adviser sends the same text, first token included, and gets the same scores.
-    served = advisers.make_advisor("llm", actions=actions, cache_dir=None, base_url=server)
+    served = advisers.make_adviser("llm", actions=actions, cache_dir=None, base_url=server)
     assert served.prefix == local.prefix and served.subgoal_prefix.startswith("<|im_start|>")
     np.testing.assert_allclose(np.array(served.raw_answer(texts[0]))[actions],
                                np.array(local.raw_answer(texts[0]))[actions], atol=1e-4)

@@ -23,10 +23,10 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import prompts  # noqa: E402
 from llmppo import bot  # noqa: E402
-from llmppo.advisers import make_advisor  # noqa: E402
+from llmppo.advisers import make_adviser  # noqa: E402
 from llmppo.llama import resolve_model_path  # noqa: E402
 from llmppo.checks import float_flag_error  # noqa: E402
-from llmppo.llm_flags import LLMFlags, llm_flag_error, make_advisor_from_flags  # noqa: E402
+from llmppo.llm_flags import LLMFlags, llm_flag_error, make_adviser_from_flags  # noqa: E402
 
 
 DEFAULT_ENV_IDS = ("BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-UnlockLocal-v0", "BabyAI-OpenDoor-v0")
@@ -88,10 +88,10 @@ def collect_states(env_id: str, num_states: int, random_action_prob: float, seed
     return texts, np.array(expert_actions)
 
 
-def run_batches(advisor, texts, batch_size):
+def run_batches(adviser, texts, batch_size):
     """All probabilities, and the wall time it took."""
     start = time.perf_counter()
-    probs = np.concatenate([advisor.action_probs(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    probs = np.concatenate([adviser.action_probs(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
     return probs, time.perf_counter() - start
 
 
@@ -101,16 +101,16 @@ def agreement(probs, expert_actions):
     return float(np.mean(is_max[np.arange(len(probs)), expert_actions] / is_max.sum(axis=1)))
 
 
-def raw_eval_speed(advisor, texts):
+def raw_eval_speed(adviser, texts):
     """Tokens/s and queries/s of bare llm.eval over each prompt's non-prefix tokens (no caches)."""
     n_tokens, seconds = 0, 0.0
     for text in dict.fromkeys(texts):  # unique texts, like the uncached pass
-        prompt_tokens = advisor.backend.tokenize_prompt(text)
-        advisor.backend.llm.n_tokens = advisor.backend.n_prefix_tokens
+        prompt_tokens = adviser.backend.tokenize_prompt(text)
+        adviser.backend.llm.n_tokens = adviser.backend.n_prefix_tokens
         start = time.perf_counter()
-        advisor.backend.llm.eval(prompt_tokens[advisor.backend.n_prefix_tokens:])
+        adviser.backend.llm.eval(prompt_tokens[adviser.backend.n_prefix_tokens:])
         seconds += time.perf_counter() - start
-        n_tokens += len(prompt_tokens) - advisor.backend.n_prefix_tokens
+        n_tokens += len(prompt_tokens) - adviser.backend.n_prefix_tokens
     return n_tokens / seconds, len(dict.fromkeys(texts)) / seconds
 
 
@@ -119,14 +119,14 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
     actions = prompts.allowed_actions(env_id)
     rows, summary = [], {}
 
-    llm = make_advisor_from_flags(args, actions=actions, cache_dir=cache_dir)
+    llm = make_adviser_from_flags(args, actions=actions, cache_dir=cache_dir)
     probs, _ = run_batches(llm, texts, args.batch_size)  # pass 1: uncached (repeated states hit memory)
     stats = dict(llm.stats)
     _, cached_seconds = run_batches(llm, texts, args.batch_size)  # pass 2: same states, memory cache
     served = args.llm_base_url is not None  # no llama.cpp here to time bare evaluation with
     raw_tok_per_s, raw_q_per_s = (float("nan"), float("nan")) if served else raw_eval_speed(llm, texts)
     llm.close()
-    disk_llm = make_advisor_from_flags(args, actions=actions, cache_dir=cache_dir)  # like a second run: disk cache
+    disk_llm = make_adviser_from_flags(args, actions=actions, cache_dir=cache_dir)  # like a second run: disk cache
     _, disk_seconds = run_batches(disk_llm, texts, args.batch_size)
     disk_hit_rate = disk_llm.stats["hit_rate"]
     disk_llm.close()
@@ -146,13 +146,13 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
                  f"{stats['tokens_per_uncached_query']:.1f} / {stats['prompt_tokens_per_query']:.0f}", tok_s))
 
     always_forward = np.tile(prompts.finalize_probs(np.eye(prompts.NUM_ACTIONS)[prompts.FORWARD]), (len(texts), 1))
-    baselines = [("uniform", make_advisor("uniform", actions=actions)),
-                 ("random", make_advisor("random", seed=args.seed, actions=actions))]
-    for name, advisor in baselines + [("always forward", None)]:
-        if advisor is None:
+    baselines = [("uniform", make_adviser("uniform", actions=actions)),
+                 ("random", make_adviser("random", seed=args.seed, actions=actions))]
+    for name, adviser in baselines + [("always forward", None)]:
+        if adviser is None:
             baseline_probs, seconds = always_forward, 0.0
         else:
-            baseline_probs, seconds = run_batches(advisor, texts, args.batch_size)
+            baseline_probs, seconds = run_batches(adviser, texts, args.batch_size)
         cached = f"{len(texts) / seconds:,.0f}" if seconds else "-"
         rows.append((name, agreement(baseline_probs, expert_actions),
                      baseline_probs[np.arange(len(texts)), expert_actions].mean(), "-", cached, "-", 0.0, "-", "-"))
@@ -229,7 +229,7 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
     if not states:
         return f"### {env_id}: no state with two candidates and one on the bot's plan\n", {}
     targets = [candidates.index(target) for _, candidates, target, *_ in states]
-    llm = make_advisor_from_flags(args, actions=prompts.allowed_actions(env_id), cache_dir=cache_dir)
+    llm = make_adviser_from_flags(args, actions=prompts.allowed_actions(env_id), cache_dir=cache_dir)
     rankers = {}
     for orders in prompts.SUBGOAL_ORDERS:  # 'listed' first: its queries are the first shift of 'cyclic'
         llm.subgoal_orders = orders
@@ -237,7 +237,7 @@ def evaluate_ranking(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict
             llm.subgoal_probs(text, candidates) for text, candidates, *_ in states]
     llm.close()
     for name in ("uniform", "random"):
-        adviser = make_advisor(name, seed=args.seed, actions=prompts.allowed_actions(env_id))
+        adviser = make_adviser(name, seed=args.seed, actions=prompts.allowed_actions(env_id))
         rankers[name + (" (chance)" if name == "uniform" else "")] = [
             adviser.subgoal_probs(text, candidates) for text, candidates, *_ in states]
     for name in ("nearest first", "mission's object first", "pickup > open > through > goto", "always 1st listed",

@@ -26,7 +26,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import prompts  # noqa: E402
 from advice_eval import collect_states  # noqa: E402
-from llmppo.advisers import make_advisor  # noqa: E402
+from llmppo.advisers import make_adviser  # noqa: E402
 from llmppo.llama import resolve_model_path  # noqa: E402
 
 
@@ -85,11 +85,11 @@ def stop_server(process):
             process.wait()
 
 
-def ms_per_query(advisor, texts, batch_size):
+def ms_per_query(adviser, texts, batch_size):
     start = time.perf_counter()
     for i in range(0, len(texts), batch_size):
-        advisor.action_probs(texts[i:i + batch_size])
-    assert advisor.stats["misses"] == len(texts), "every query must be uncached"
+        adviser.action_probs(texts[i:i + batch_size])
+    assert adviser.stats["misses"] == len(texts), "every query must be uncached"
     return 1000 * (time.perf_counter() - start) / len(texts)
 
 
@@ -114,19 +114,19 @@ def main(args: Args):
     requests_per_query = []
     try:
         for _ in range(args.rounds):
-            local = make_advisor("llm", actions=actions, model_path=model_path, n_threads=args.threads,
+            local = make_adviser("llm", actions=actions, model_path=model_path, n_threads=args.threads,
                                  cache_dir=None)
             results["in process"].append(ms_per_query(local, texts, args.batch_size))
             local.close()
             for concurrency in (1, 16):
-                served = make_advisor("llm", actions=actions, model_path=model_path, cache_dir=None,
+                served = make_adviser("llm", actions=actions, model_path=model_path, cache_dir=None,
                                       base_url=base_url, max_concurrency=concurrency)
                 results[f"HTTP, concurrency {concurrency}"].append(ms_per_query(served, texts, args.batch_size))
                 requests_per_query.append(served.stats["requests"] / len(texts))
                 served.close()
         # The same prompt again and again: the server's prefix cache leaves one token to evaluate, the rest is the
         # cost of a request itself (HTTP, JSON, the server's log-prob bookkeeping).
-        served = make_advisor("llm", actions=actions, model_path=model_path, cache_dir=None, base_url=base_url)
+        served = make_adviser("llm", actions=actions, model_path=model_path, cache_dir=None, base_url=base_url)
         served.backend.answer(texts[0])
         start = time.perf_counter()
         for _ in range(10):
