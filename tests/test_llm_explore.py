@@ -209,7 +209,7 @@ def test_uniform_action_bonus_is_exactly_the_baseline(tmp_path):
         (["--advisor", "oracle"], "unknown --advisor 'oracle'"),
         (["--advisor", "expert"], "needs a BabyAI-* level"),
         (["--bonus-mode", "count"], "--bonus-mode must be prob, topk or action"),
-        (["--bonus-anneal-frac", "0"], "--bonus-anneal-frac in (0, 1]"),
+        (["--bonus-anneal-frac", "0"], "--bonus-anneal-frac must be a number in (0, 1]"),
     ],
 )
 def test_bad_bonus_input_gives_one_clear_line(flags, message, tmp_path):

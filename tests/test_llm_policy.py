@@ -73,7 +73,7 @@ def test_the_llm_as_the_policy_prints_a_success_rate_and_reuses_its_cache(tmp_pa
         (["--advisor", "expert"], "needs a BabyAI-* level"),
         (["--llm-model-path", "/nonexistent/llama-2-7b-chat.Q4_K_M.gguf"], "--llm-model-path"),
         (["--llm-only"], "add --eval-episodes N"),
-        (["--llm-anneal-frac", "0"], "--llm-anneal-frac in (0, 1]"),
+        (["--llm-anneal-frac", "0"], "--llm-anneal-frac must be a number in (0, 1]"),
     ],
 )
 def test_bad_llm_input_gives_one_clear_line(flags, message, tmp_path):

@@ -46,17 +46,28 @@ def test_served_scores_equal_the_in_process_ones(server):
     served.close()
 
 
-def test_a_small_top_k_floors_missing_words_and_rps_is_capped(server):
-    texts, _ = collect_states("BabyAI-UnlockLocal-v0", 12, 0.2, seed=2)
+def test_a_small_top_k_scores_missing_words_by_echo_or_floors_them_and_rps_is_capped(server):
+    texts, _ = collect_states("BabyAI-UnlockLocal-v0", 8, 0.2, seed=2)
     texts = list(dict.fromkeys(texts))
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
+    local = advisers.make_adviser("llm", actions=actions, cache_dir=None, n_threads=1)
     served = advisers.make_adviser("llm", actions=actions, cache_dir=None, base_url=server, top_logprobs=2, max_rps=5)
+    # With the prompt's first token kept (<|im_start|>, SmolLM2's BOS id), llama_cpp.server's echo lines up with the
+    # prompt and passes the start-up check: the words missing from the top-2 are scored as continuations, exactly.
+    assert served.backend.echo_scoring
     start = time.monotonic()
-    probs = served.action_probs(texts)
+    served.action_probs(texts)
     elapsed = time.monotonic() - start
-    assert served.stats["requests"] == len(texts)  # llama_cpp.server's echo fails the start-up check: no echo
+    assert served.stats["requests"] > len(texts)  # one per state, plus the echoes of the words outside the top-2
     assert (served.stats["requests"] - 1) / elapsed <= 5.0  # requests start at least 1/5 s apart
+    for text in texts:
+        np.testing.assert_allclose(np.array(served.raw_answer(text))[actions], np.array(local.raw_answer(text))[actions],
+                                   atol=1e-3)
+    # A server without an exact echo: the words outside the top-2 get the floor probability.
+    served.backend.echo_scoring, served.cache.memory = False, type(served.cache.memory)()
+    probs = served.action_probs(texts)
     assert np.allclose(probs.sum(1), 1) and np.any(np.isclose(probs[:, actions], prompts.PROB_FLOOR, rtol=0.01))
+    local.close()
     served.close()
 
 
