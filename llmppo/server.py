@@ -364,6 +364,12 @@ class ServerBackend:
                 return None
         return None
 
+    def _failed(self, error: Exception):
+        """The state gets no advice (None: a counted fallback), with one warning line for the whole run."""
+        self._warn(error if isinstance(error, ServerError) else
+                   ServerError(f"a malformed answer ({type(error).__name__}: {error})"))
+        return None
+
     def _warn(self, error: ServerError):
         with self.server.lock:  # queries run in threads: one warning line in all
             first, self.warned = not self.warned, True
@@ -393,12 +399,8 @@ class ServerBackend:
                     score = self._continuation_logprob(self.adviser.prompt_text(obs_text), " " + word)
                     raw_scores[action] = -np.inf if score is None else score
             return raw_scores
-        except ServerError as error:
-            self._warn(error)
-            return None
-        except Exception as error:  # a malformed answer of any other shape: a counted fallback, never a crash
-            self._warn(ServerError(f"a malformed answer ({type(error).__name__}: {error})"))
-            return None
+        except Exception as error:  # no answer, or a malformed one of any shape: a counted fallback, never a crash
+            return self._failed(error)
 
     def answer_all(self, obs_texts: list[str]) -> list:
         """One step's uncached queries at once (up to max_concurrency in flight: a batching server runs them together)."""
@@ -428,12 +430,8 @@ class ServerBackend:
                 values = [value for token_text, value in top if normalized(token_text) == number]
                 scores.append(float(np.logaddexp.reduce(values)) if values else -np.inf)
             return scores
-        except ServerError as error:
-            self._warn(error)
-            return None
-        except Exception as error:  # a malformed answer of any other shape: a counted fallback, never a crash
-            self._warn(ServerError(f"a malformed answer ({type(error).__name__}: {error})"))
-            return None
+        except Exception as error:  # no answer, or a malformed one of any shape: a counted fallback, never a crash
+            return self._failed(error)
         finally:
             self._copy_counts()
 
