@@ -364,6 +364,23 @@ class ServerBackend:
                 return None
         return None
 
+    def _followed_logprob(self, obs_text: str, top: list, continuation: str) -> float | None:
+        """log p(continuation) for a word of several tokens, read token by token from top-K lists: the longest top-K
+        token (two characters or more) that starts it, then one request per further token (Llama-2's " pickup" is
+        " pick" then "up"); None where a token leaves the top-K. Cheaper than an echo, and servers without echo
+        answer it."""
+        text, total = self.adviser.prompt_text(obs_text), 0.0
+        for _ in range(3):
+            starts = [(token, value) for token, value in top if len(token.strip()) > 1 and continuation.startswith(token)]
+            if not starts:
+                return None
+            token, value = max(starts, key=lambda entry: len(entry[0]))
+            text, continuation, total = text + token, continuation[len(token):], total + value
+            if not continuation:
+                return total
+            top = top_logprobs(self._request(obs_text, 1, text=text), self.api)
+        return None
+
     def _failed(self, error: Exception):
         """The state gets no advice (None: a counted fallback), with one warning line for the whole run."""
         self._warn(error if isinstance(error, ServerError) else
@@ -391,8 +408,10 @@ class ServerBackend:
                 word = prompts.ACTION_WORDS[action]
                 if self.api == "chat":  # the answer's first token, any case or spacing
                     values = [value for text, value in top if normalized(text) == word]
-                else:  # the token that follows the lead-in, as in process
+                else:  # the tokens that follow the lead-in, as in process
                     values = [value for text, value in top if text == " " + word]
+                    followed = None if values else self._followed_logprob(obs_text, top, " " + word)
+                    values = values or ([] if followed is None else [followed])
                 if values:
                     raw_scores[action] = float(np.logaddexp.reduce(values))
                 elif self.echo_scoring:
@@ -416,18 +435,26 @@ class ServerBackend:
 
     def subgoal_scores(self, query: str, n_candidates: int) -> list[float] | None:
         """Log-likelihoods of the candidates' numbers. Where the first answer token is a space (SmolLM2, Llama-2 put
-        one before a digit), the numbers are read after it, as in process."""
+        one before a digit), the numbers are read after it, as in process. A number missing from the top-K is scored
+        as a continuation where the server echoes exactly (as the action words are), else it gets no score."""
         try:
             text = self.adviser.subgoal_text(query)
             top = top_logprobs(self._request(query, 1, text=text, subgoals=True), self.api)
             numbers = [str(number) for number in range(1, n_candidates + 1)]
-            if self.api == "completions" and not any(normalized(t) in numbers for t, _ in top) and top:
-                best = max(top, key=lambda entry: entry[1])[0]
-                if best.isspace():
-                    top = top_logprobs(self._request(query, 1, text=text + best, subgoals=True), self.api)
+            if self.api == "chat":
+                return [float(np.logaddexp.reduce(values)) if values else -np.inf for values in
+                        ([value for token_text, value in top if normalized(token_text) == number] for number in numbers)]
+            lead = " "  # completions: the exact next text, " 2" after "Subgoal:", or "2" after the space
+            best = max(top, key=lambda entry: entry[1])[0] if top else ""
+            if best.isspace() and not any(token_text == lead + number for token_text, _ in top for number in numbers):
+                text, lead = text + best, ""
+                top = top_logprobs(self._request(query, 1, text=text, subgoals=True), self.api)
             scores = []
             for number in numbers:
-                values = [value for token_text, value in top if normalized(token_text) == number]
+                values = [value for token_text, value in top if token_text == lead + number]
+                if not values and self.echo_scoring:
+                    score = self._continuation_logprob(text, lead + number)
+                    values = [] if score is None else [score]
                 scores.append(float(np.logaddexp.reduce(values)) if values else -np.inf)
             return scores
         except Exception as error:  # no answer, or a malformed one of any shape: a counted fallback, never a crash

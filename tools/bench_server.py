@@ -48,9 +48,9 @@ class Args:
     """server port (0: a free one)"""
 
 
-def start_server(model_path, threads=1, port=0):
-    """`python -m llama_cpp.server` on 127.0.0.1 (a free port when 0); returns (process, base URL) once /v1/models
-    answers. Also the tests' server."""
+def start_server(model_path, threads=1, port=0, alias=None):
+    """`python -m llama_cpp.server` on 127.0.0.1 (a free port when 0), serving the model as `alias` if given (else as
+    its path); returns (process, base URL) once /v1/models answers. Also the tests' server."""
     import httpx
 
     if not port:
@@ -59,7 +59,8 @@ def start_server(model_path, threads=1, port=0):
             port = probe.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
                                 "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-                                "--n_ctx", "512"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--n_ctx", "512", *(["--model_alias", alias] if alias else [])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
