@@ -259,13 +259,25 @@ class ServerBackend:
             kwargs = chat_template_kwargs(vocab, path)
             vocab.close()
             return kwargs, f"the chat template of {os.path.basename(path)}"
+        root = self.server.base_url.rsplit("/v1", 1)[0]
         with contextlib.suppress(ServerError, AttributeError, TypeError):
-            props = self.server.request("GET", self.server.base_url.rsplit("/v1", 1)[0] + "/props", retry=False)
+            props = self.server.request("GET", root + "/props", retry=False)
             if props.get("chat_template"):
                 return dict(chat_template=props["chat_template"], bos_token=str(props.get("bos_token", "")),
                             eos_token=str(props.get("eos_token", "")), model_name=self.model,
-                            add_bos=props.get("add_bos_token", True) is not False), "the server's /props"
+                            add_bos=self._adds_bos(root, props)), "the server's /props"
         return dict(model_name=self.model), "a built-in chat format chosen by the model's name"
+
+    def _adds_bos(self, root: str, props: dict) -> bool:
+        """Does the server put BOS before a prompt itself? /props may say; else llama-server's /tokenize shows it
+        (one token more with the special tokens added); unknown: yes, as most models do."""
+        if isinstance(props.get("add_bos_token"), bool):
+            return props["add_bos_token"]
+        with contextlib.suppress(ServerError, AttributeError, TypeError, KeyError):
+            lengths = [len(self.server.request("POST", root + "/tokenize", dict(content="a", add_special=special),
+                                               retry=False)["tokens"]) for special in (True, False)]
+            return lengths[0] > lengths[1]
+        return True
 
     def prepare(self, adviser):
         """The start-up probe with the adviser's prompt (ValueError if the server cannot serve its mode)."""

@@ -1,16 +1,16 @@
-"""What does the HTTP path cost? Uncached LLM queries/s in process against through a local server, same threads.
+"""What does the HTTP path cost? Uncached LLM queries in process against through servers, same GGUF, same threads.
 
     python tools/bench_server.py                      # SmolLM2 (embedded), 1 llama.cpp thread each, 3 rounds
-    python tools/bench_server.py --threads 2 --rounds 5
+    python tools/bench_server.py --paths in-process llama-server:16 --llm-base-url http://127.0.0.1:8080/v1
 
-Starts `python -m llama_cpp.server` with the same GGUF and the same number of threads, then takes turns (a round is
-in process, HTTP at concurrency 1, HTTP at concurrency 16) over the same distinct observation texts with empty caches,
-and prints milliseconds per uncached query per round and their medians. llama_cpp.server serves one request at a
-time, so concurrency cannot help there; a batching server (llama-server with parallel slots, vLLM) is what it is for.
+Starts the servers it is asked for with the same GGUF and threads: `python -m llama_cpp.server`, and llama.cpp's own
+`llama-server` with 1 or 16 parallel slots (built once by tools/llama_server.py); an external server at
+--llm-base-url is measured too. It then takes turns (a round measures every path, a server at concurrency 1 and 16)
+over the same distinct observation texts with empty caches, and prints milliseconds per uncached query and per step
+of --batch-size envs, per round and their medians.
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +28,9 @@ import prompts  # noqa: E402
 from advice_eval import collect_states  # noqa: E402
 from llmppo.advisers import make_adviser  # noqa: E402
 from llmppo.llama import resolve_model_path  # noqa: E402
+from llama_server import BuildError, start_llama_server, stop_server  # noqa: E402,F401  (stop_server: the tests')
+
+PATHS = ("in-process", "llama_cpp.server", "llama-server:1", "llama-server:16")
 
 
 @dataclass
@@ -45,7 +48,11 @@ class Args:
     llm_model_path: Optional[str] = None
     """GGUF model file; None: the embedded SmolLM2-135M-Instruct"""
     port: int = 0
-    """server port (0: a free one)"""
+    """llama_cpp.server's port (0: a free one)"""
+    paths: tuple[str, ...] = PATHS
+    """what to measure: in-process, llama_cpp.server, llama-server:N (N parallel slots)"""
+    llm_base_url: Optional[str] = None
+    """also measure an external OpenAI-compatible server at this URL, serving the same model"""
 
 
 def start_server(model_path, threads=1, port=0, alias=None):
@@ -75,17 +82,6 @@ def start_server(model_path, threads=1, port=0, alias=None):
     raise RuntimeError("llama_cpp.server did not answer within 120 s")
 
 
-def stop_server(process):
-    """SIGTERM by PID, SIGKILL if it does not exit within 20 s."""
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def ms_per_query(adviser, texts, batch_size):
     start = time.perf_counter()
     for i in range(0, len(texts), batch_size):
@@ -102,6 +98,10 @@ def main(args: Args):
         raise ValueError(f"--port must be 0 (a free one) or a port number up to 65535, got {args.port}")
     if args.env_id not in gym.registry or not args.env_id.startswith("BabyAI-"):
         raise ValueError(f"--env-id {args.env_id}: pass a BabyAI level, e.g. BabyAI-UnlockLocal-v0")
+    for path in args.paths:
+        if path not in PATHS[:2] and not (path.startswith("llama-server:") and path.split(":")[1].isdigit()
+                                          and int(path.split(":")[1]) >= 1):
+            raise ValueError(f"--paths: unknown path {path!r}; use in-process, llama_cpp.server or llama-server:N")
     model_path = resolve_model_path(args.llm_model_path)
     texts = []
     seed = 1
@@ -110,50 +110,54 @@ def main(args: Args):
         texts = list(dict.fromkeys(texts + more))[:args.num_states]
         seed += 1
     actions = prompts.allowed_actions(args.env_id)
-    process, base_url = start_server(model_path, args.threads, args.port)
-    results = {"in process": [], "HTTP, concurrency 1": [], "HTTP, concurrency 16": []}
-    requests_per_query = []
+    servers, processes = {}, []
     try:
+        for path in args.paths:
+            if path == "llama_cpp.server":
+                process, servers[path] = start_server(model_path, args.threads, args.port)
+                processes.append(process)
+            elif path.startswith("llama-server:"):
+                process, servers[path] = start_llama_server(model_path, parallel=int(path.split(":")[1]),
+                                                            threads=args.threads)
+                processes.append(process)
+        if args.llm_base_url:
+            servers["external"] = args.llm_base_url
+        results, requests_per_query = {}, {}
         for _ in range(args.rounds):
-            local = make_adviser("llm", actions=actions, model_path=model_path, n_threads=args.threads,
-                                 cache_dir=None)
-            results["in process"].append(ms_per_query(local, texts, args.batch_size))
-            local.close()
-            for concurrency in (1, 16):
-                served = make_adviser("llm", actions=actions, model_path=model_path, cache_dir=None,
-                                      base_url=base_url, max_concurrency=concurrency)
-                results[f"HTTP, concurrency {concurrency}"].append(ms_per_query(served, texts, args.batch_size))
-                requests_per_query.append(served.stats["requests"] / len(texts))
-                served.close()
-        # The same prompt again and again: the server's prefix cache leaves one token to evaluate, the rest is the
-        # cost of a request itself (HTTP, JSON, the server's log-prob bookkeeping).
-        served = make_adviser("llm", actions=actions, model_path=model_path, cache_dir=None, base_url=base_url)
-        served.backend.answer(texts[0])
-        start = time.perf_counter()
-        for _ in range(10):
-            served.backend.answer(texts[0])
-        repeat_ms = 100 * (time.perf_counter() - start)
-        served.close()
+            if "in-process" in args.paths:
+                local = make_adviser("llm", actions=actions, model_path=model_path, n_threads=args.threads,
+                                     cache_dir=None)
+                results.setdefault("in process", []).append(ms_per_query(local, texts, args.batch_size))
+                local.close()
+            for name, base_url in servers.items():
+                for concurrency in (1, 16):
+                    served = make_adviser("llm", actions=actions, model_path=model_path, cache_dir=None,
+                                          base_url=base_url, max_concurrency=concurrency)
+                    label = f"{name}, concurrency {concurrency}"
+                    results.setdefault(label, []).append(ms_per_query(served, texts, args.batch_size))
+                    requests_per_query.setdefault(name, []).append(served.stats["requests"] / len(texts))
+                    served.close()
     finally:
-        stop_server(process)
-    local_ms = np.median(results["in process"])
-    print(f"## Uncached queries: in process vs llama_cpp.server, {os.path.basename(model_path)}, {args.threads} "
-          f"llama.cpp thread(s) each, {len(texts)} distinct {args.env_id} states, batches of {args.batch_size}, "
-          f"{args.rounds} rounds taking turns\n")
-    print("| path | ms per query, each round | median | queries/s | cost vs in process |\n|---|---|---|---|---|")
+        for process in processes:
+            stop_server(process)
+    local_ms = np.median(results["in process"]) if "in process" in results else None
+    print(f"## Uncached queries, {os.path.basename(model_path)}, {args.threads} llama.cpp thread(s) each, "
+          f"{len(texts)} distinct {args.env_id} states, steps of {args.batch_size} envs, {args.rounds} rounds taking "
+          f"turns\n")
+    print("| path | ms per query, each round | median | ms per step | cost vs in process |\n|---|---|---|---|---|")
     for name, values in results.items():
         median = np.median(values)
-        print(f"| {name} | {' / '.join(f'{v:.0f}' for v in values)} | {median:.0f} | {1000 / median:.1f} "
-              f"| {median / local_ms - 1:+.0%} |")
-    print(f"\nHTTP requests per query: {np.mean(requests_per_query):.2f} (top-100 log-probs held every allowed word "
-          f"when this is 1.00). A repeated prompt (one token left to evaluate) takes {repeat_ms:.0f} ms through the "
-          f"server. llama_cpp.server evaluates one request at a time: concurrency 16 can only overlap HTTP with "
-          f"evaluation there.")
+        versus = f"{median / local_ms - 1:+.0%}" if local_ms else "-"
+        print(f"| {name} | {' / '.join(f'{v:.0f}' for v in values)} | {median:.0f} | {median * args.batch_size:.0f} "
+              f"| {versus} |")
+    print("\nHTTP requests per query: " + ", ".join(f"{name} {np.mean(values):.2f}"
+                                                     for name, values in requests_per_query.items())
+          + " (1.00: the top-100 log-probs held every allowed word).")
 
 
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+    except (FileNotFoundError, ValueError, RuntimeError, BuildError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
