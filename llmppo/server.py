@@ -320,14 +320,15 @@ class ServerBackend:
             return False
         text, value = max(words, key=lambda entry: entry[1])
         try:
-            echoed = self._continuation_logprob(self.adviser.prompt_text(probe), text)
+            # Not retried: a server without echo refuses it at once, every time (llama-server: HTTP 500).
+            echoed = self._continuation_logprob(self.adviser.prompt_text(probe), text, retry=False)
         except ServerError:
             return False
         return echoed is not None and abs(echoed - value) < 1e-3
 
     # --- requests ---
     def _request(self, obs_text: str, max_tokens: int, text: str | None = None, echo: bool = False,
-                 subgoals: bool = False) -> dict:
+                 subgoals: bool = False, retry: bool = True) -> dict:
         mode = self.adviser.mode
         payload = dict(model=self.model, max_tokens=max_tokens, temperature=0.0)
         if self.api == "chat":
@@ -344,12 +345,12 @@ class ServerBackend:
             payload |= dict(echo=True, logprobs=1)
         if mode == "generate" and not subgoals:
             payload["stop"] = ["\n"]
-        return self.server.request("POST", "/completions", payload)
+        return self.server.request("POST", "/completions", payload, retry=retry)
 
-    def _continuation_logprob(self, prompt: str, continuation: str) -> float | None:
+    def _continuation_logprob(self, prompt: str, continuation: str, retry: bool = True) -> float | None:
         """log p(continuation | prompt) from an echo of prompt + continuation: the log-probs of its last tokens (after
         dropping the generated one), None where the tokens do not end exactly at the prompt's end."""
-        answer = self._request("", 1, text=prompt + continuation, echo=True)
+        answer = self._request("", 1, text=prompt + continuation, echo=True, retry=retry)
         try:
             logprobs = answer["choices"][0]["logprobs"]
             tokens, token_logprobs = logprobs["tokens"], logprobs["token_logprobs"]
