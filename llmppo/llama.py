@@ -113,6 +113,13 @@ def quiet_log_callback():
     return _quiet_callback[0]
 
 
+def has_amx() -> bool:
+    """Does llama.cpp use AMX kernels on this CPU (wrong for Q4 batches in this version: see load_llama)?"""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
 def load_llama(**llama_kwargs):
     """llama_cpp.Llama(**llama_kwargs), without llama.cpp's AMX kernels on CPUs that have AMX.
 
@@ -125,7 +132,7 @@ def load_llama(**llama_kwargs):
     import llama_cpp.llama as llama_module
 
     llama_cpp.llama_log_set(quiet_log_callback(), None)
-    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+    if not has_amx():
         return llama_cpp.Llama(**llama_kwargs)
     default_params = llama_module.llama_cpp.llama_model_default_params
 

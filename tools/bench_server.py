@@ -11,7 +11,6 @@ of --batch-size envs, per round and their medians.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import prompts  # noqa: E402
 from advice_eval import collect_states  # noqa: E402
 from llmppo.advisers import make_adviser  # noqa: E402
 from llmppo.llama import resolve_model_path  # noqa: E402
-from llama_server import BuildError, start_llama_server, stop_server  # noqa: E402,F401  (stop_server: the tests')
+from llama_server import BuildError, free_port, start_llama_server, stop_server  # noqa: E402,F401  (stop_server: the tests')
 
 PATHS = ("in-process", "llama_cpp.server", "llama-server:1", "llama-server:16")
 
@@ -60,10 +59,7 @@ def start_server(model_path, threads=1, port=0, alias=None):
     its path); returns (process, base URL) once /v1/models answers. Also the tests' server."""
     import httpx
 
-    if not port:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+    port = port or free_port()
     process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
                                 "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
                                 "--n_ctx", "512", *(["--model_alias", alias] if alias else [])],

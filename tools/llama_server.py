@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import tyro
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "minigrid-llm-ppo")
 
 
@@ -106,9 +108,9 @@ def unpack_sources(work: str, version: str) -> str:
 
 def amx_flags() -> list[str]:
     """--no-repack on CPUs with AMX: the same llama.cpp's AMX Q4 kernels are wrong there (see llmppo.llama.load_llama)."""
-    import llama_cpp
+    from llmppo.llama import has_amx
 
-    return ["--no-repack"] if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info() else []
+    return ["--no-repack"] if has_amx() else []
 
 
 def free_port() -> int:
