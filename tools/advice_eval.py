@@ -114,7 +114,8 @@ def raw_eval_speed(adviser, texts):
     return n_tokens / seconds, len(dict.fromkeys(texts)) / seconds
 
 
-def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
+def evaluate_env(args: Args, env_id: str, cache_dir: str, timed: bool = True) -> tuple[str, dict]:
+    """The level's table (agreement, speeds) and summary; timed=False skips timing bare llm.eval (accuracy only)."""
     texts, expert_actions = collect_states(env_id, args.num_states, args.random_action_prob, args.seed)
     actions = prompts.allowed_actions(env_id)
     rows, summary = [], {}
@@ -124,7 +125,7 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
     stats = dict(llm.stats)
     _, cached_seconds = run_batches(llm, texts, args.batch_size)  # pass 2: same states, memory cache
     served = args.llm_base_url is not None  # no llama.cpp here to time bare evaluation with
-    raw_tok_per_s, raw_q_per_s = (float("nan"), float("nan")) if served else raw_eval_speed(llm, texts)
+    raw_tok_per_s, raw_q_per_s = (float("nan"), float("nan")) if served or not timed else raw_eval_speed(llm, texts)
     llm.close()
     disk_llm = make_adviser_from_flags(args, actions=actions, cache_dir=cache_dir)  # like a second run: disk cache
     _, disk_seconds = run_batches(disk_llm, texts, args.batch_size)
@@ -154,6 +155,7 @@ def evaluate_env(args: Args, env_id: str, cache_dir: str) -> tuple[str, dict]:
         else:
             baseline_probs, seconds = run_batches(adviser, texts, args.batch_size)
         cached = f"{len(texts) / seconds:,.0f}" if seconds else "-"
+        summary[name] = agreement(baseline_probs, expert_actions)
         rows.append((name, agreement(baseline_probs, expert_actions),
                      baseline_probs[np.arange(len(texts)), expert_actions].mean(), "-", cached, "-", 0.0, "-", "-"))
 

@@ -46,6 +46,12 @@ VARIANTS = {
     "explore+llm": ("ppo_llm_explore.py", ["--advisor", "llm"]),
     "explore+uniform": ("ppo_llm_explore.py", ["--advisor", "uniform"]),
 }
+# made by tools/ground_llm.py, as benchmarks/grounding/README.md says (not part of this repository)
+GROUNDED_MODEL = "~/.cache/minigrid-llm-ppo/smollm2-grounded-2k.gguf"
+VARIANTS["policy+grounded"] = ("ppo_llm_policy.py", ["--advisor", "llm", "--llm-model-path", GROUNDED_MODEL])
+VARIANTS["explore+grounded"] = ("ppo_llm_explore.py", ["--advisor", "llm", "--llm-model-path", GROUNDED_MODEL])
+# an adviser of known accuracy near the grounded model's agreement with the bot on UnlockLocal: its place on that axis
+VARIANTS["policy+noisy-expert0.5"] = ("ppo_llm_policy.py", ["--advisor", "noisy-expert", "--advice-accuracy", "0.5"])
 CHECKPOINT = "{checkpoint}"  # replaced by the dependency's agent.pt once it has finished
 
 
@@ -222,6 +228,12 @@ PRESETS = {
         *[run for env_id in ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToObj-v0", "BabyAI-KeyCorridorS3R1-v0",
                              "BabyAI-UnlockLocal-v0"]
           for run in zeroshot_runs(["llm", "uniform", "expert"], env_id, 50)],
+    ],
+    # reported on benchmarks/grounding/README.md: SmolLM2 fine-tuned on the bot's answers, on a level it never saw
+    "grounding": [
+        *train_runs(["policy+grounded", "explore+grounded", "policy+noisy-expert0.5"], "BabyAI-UnlockLocal-v0",
+                    [1, 2, 3], 100_000, 20, 32),
+        *zeroshot_runs(["llm"], "BabyAI-UnlockLocal-v0", 50, extra=["--llm-model-path", GROUNDED_MODEL]),
     ],
     # reported on benchmarks/transfer-small/README.md (not run yet)
     "transfer": [
