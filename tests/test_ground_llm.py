@@ -24,7 +24,7 @@ LEVELS = ("BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0")
 
 
 def tool_args(tmp_path, **overrides):
-    settings = dict(output=str(tmp_path / "grounded.gguf"), env_ids=LEVELS, num_examples=16, threads=1, seed=3)
+    settings = dict(output=str(tmp_path / "new folder" / "grounded.gguf"), env_ids=LEVELS, num_examples=16, threads=1, seed=3)
     return ground_llm.Args(**(settings | overrides))
 
 

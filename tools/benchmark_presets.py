@@ -50,6 +50,9 @@ VARIANTS = {
 GROUNDED_MODEL = "~/.cache/minigrid-llm-ppo/smollm2-grounded-2k.gguf"
 VARIANTS["policy+grounded"] = ("ppo_llm_policy.py", ["--advisor", "llm", "--llm-model-path", GROUNDED_MODEL])
 VARIANTS["explore+grounded"] = ("ppo_llm_explore.py", ["--advisor", "llm", "--llm-model-path", GROUNDED_MODEL])
+# the control: the same network trained from random weights on the same examples (--init random)
+RANDOM_INIT_MODEL = "~/.cache/minigrid-llm-ppo/smollm2-random-init-2k.gguf"
+VARIANTS["policy+random-init"] = ("ppo_llm_policy.py", ["--advisor", "llm", "--llm-model-path", RANDOM_INIT_MODEL])
 # an adviser of known accuracy near the grounded model's agreement with the bot on UnlockLocal: its place on that axis
 VARIANTS["policy+noisy-expert0.5"] = ("ppo_llm_policy.py", ["--advisor", "noisy-expert", "--advice-accuracy", "0.5"])
 CHECKPOINT = "{checkpoint}"  # replaced by the dependency's agent.pt once it has finished
@@ -229,10 +232,11 @@ PRESETS = {
                              "BabyAI-UnlockLocal-v0"]
           for run in zeroshot_runs(["llm", "uniform", "expert"], env_id, 50)],
     ],
-    # reported on benchmarks/grounding/README.md: SmolLM2 fine-tuned on the bot's answers, on a level it never saw
+    # reported on benchmarks/grounding/README.md: SmolLM2 fine-tuned on the bot's answers, on levels it never saw
     "grounding": [
-        *train_runs(["policy+grounded", "explore+grounded", "policy+noisy-expert0.5"], "BabyAI-UnlockLocal-v0",
-                    [1, 2, 3], 100_000, 20, 32),
+        *train_runs(["policy+grounded", "explore+grounded", "policy+noisy-expert0.5", "policy+random-init"],
+                    "BabyAI-UnlockLocal-v0", [1, 2, 3], 100_000, 20, 32),
+        *train_runs(["policy+grounded"], "BabyAI-KeyCorridorS3R1-v0", [1, 2, 3], 100_000, 20, 32),
         *zeroshot_runs(["llm"], "BabyAI-UnlockLocal-v0", 50, extra=["--llm-model-path", GROUNDED_MODEL]),
     ],
     # reported on benchmarks/transfer-small/README.md (not run yet)

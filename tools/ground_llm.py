@@ -382,6 +382,7 @@ def write_gguf(reader, model, path, output_type, note):
     trained = {name: model.params[name].detach().numpy() for name in model.trainable}
     trained = {name: array.astype(numpy_type if array.ndim > 1 else np.float32) for name, array in trained.items()}
     tensor_type_f32 = gguf.GGMLQuantizationType.F32  # norms stay F32, as llama.cpp expects
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # checked before training: it can be made
     partial = path + ".partial"
     writer = gguf.GGUFWriter(partial, arch=reader.fields["general.architecture"].contents())
     # First after the architecture: it lies in the first MB, which the advisers' cache keys hash.
@@ -430,6 +431,7 @@ def check_args(args: Args) -> str | None:
     import minigrid  # noqa: F401  (registers the BabyAI levels)
 
     from llmppo.llama import gguf_load_error, resolve_model_path
+    from llmppo.runs import writable_folder_error
 
     for env_id in args.env_ids:
         if not env_id.startswith("BabyAI-") or env_id not in gym.registry:
@@ -449,8 +451,8 @@ def check_args(args: Args) -> str | None:
         return f"--output {args.output} is inside this repository; write the model elsewhere (e.g. ~/models/)"
     if os.path.exists(output):
         return f"--output {args.output} already exists; pass a new file name (nothing is overwritten)"
-    if not os.path.isdir(os.path.dirname(output)) or not os.access(os.path.dirname(output), os.W_OK):
-        return f"--output {args.output}: its folder does not exist or cannot be written; create it or pass another"
+    if (message := writable_folder_error(os.path.dirname(output), "--output's folder")):
+        return message
     try:
         model_path = resolve_model_path(args.llm_model_path)
     except (FileNotFoundError, ValueError) as error:
