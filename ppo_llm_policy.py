@@ -58,6 +58,9 @@ class Args(runs.RunFlags, LLMFlags):  # + the flags of every script and of the L
     """step the envs in worker processes (gym AsyncVectorEnv) instead of in this process"""
     num_steps: int = 32
     """the number of steps to run in each environment per policy rollout"""
+    recurrence: int = 32
+    """the update backpropagates through the memory over chunks of this many steps (truncated BPTT, torch-ac's
+    `recurrence`), each replayed from the memory stored at its start; at most --num-steps, a whole env rollout"""
     anneal_lr: bool = True
     """toggle learning rate annealing (linear to 0)"""
     gamma: float = 0.99
@@ -185,6 +188,13 @@ def make_vector_env(env_id, num_envs, asynchronous=False, render=False, expert=F
         [make_env(env_id, render, expert) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def rollout_chunks(num_steps, num_envs, recurrence):
+    """The rollout's flat indices (step-major: step * num_envs + env) cut into chunks of `recurrence` steps of one env,
+    one chunk per column: column c is env c % num_envs from step (c // num_envs) * recurrence."""
+    flat_inds = np.arange(num_steps * num_envs).reshape(num_steps // recurrence, recurrence, num_envs)
+    return flat_inds.transpose(1, 0, 2).reshape(recurrence, -1)
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -324,6 +334,7 @@ if __name__ == "__main__":
     rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
     dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    memories = torch.zeros((args.num_steps, args.num_envs, agent.memory_size)).to(device)
     llm_logprobs = torch.zeros((args.num_steps, args.num_envs, envs.single_action_space.n)).to(device)
 
     # TRY NOT TO MODIFY: start the game
@@ -344,7 +355,6 @@ if __name__ == "__main__":
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
-        initial_memory = next_memory.clone()  # the update replays the rollout from here
         # One LLM weight per iteration: the rollout and the update must use the same mixed policy.
         llm_frac = max(0.0, 1.0 - (iteration - 1.0) / (args.llm_anneal_frac * args.num_iterations))
         llm_coef = args.llm_coef * llm_frac
@@ -356,6 +366,7 @@ if __name__ == "__main__":
             global_step += args.num_envs
             obs[step] = next_obs
             dones[step] = next_done
+            memories[step] = next_memory  # the update replays each chunk from the memory stored at its start
 
             # LLM LOGIC: advice for this step. Not needed once its weight is 0; between queries (or past the
             # per-update budget) a state gets cached advice if there is any, else none.
@@ -422,22 +433,24 @@ if __name__ == "__main__":
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
         b_dones = dones.reshape(-1)
+        b_memories = memories.reshape((args.batch_size, agent.memory_size))
         b_llm_logprobs = llm_logprobs.reshape((-1, envs.single_action_space.n))
 
-        # Optimizing the policy and value network: a minibatch holds whole env sequences, replayed from the memory
-        # the rollout started with (as in CleanRL's ppo_atari_lstm.py)
-        envs_per_minibatch = args.num_envs // args.num_minibatches
-        env_inds = np.arange(args.num_envs)
-        flat_inds = np.arange(args.batch_size).reshape(args.num_steps, args.num_envs)
+        # Optimizing the policy and value network: a minibatch holds chunks of --recurrence steps of one env, each
+        # replayed from the memory stored at its first step (torch-ac); chunks of --num-steps steps are whole env
+        # sequences replayed from the rollout's first memory (CleanRL's ppo_atari_lstm.py)
+        chunk_inds = rollout_chunks(args.num_steps, args.num_envs, args.recurrence)
+        chunks_per_minibatch = chunk_inds.shape[1] // args.num_minibatches
+        chunk_order = np.arange(chunk_inds.shape[1])
         clipfracs = []
         for epoch in range(args.update_epochs):
-            np.random.shuffle(env_inds)
-            for start in range(0, args.num_envs, envs_per_minibatch):
-                mb_env_inds = env_inds[start : start + envs_per_minibatch]
-                mb_inds = flat_inds[:, mb_env_inds].ravel()  # step-major, as get_states reads them
+            np.random.shuffle(chunk_order)
+            for start in range(0, len(chunk_order), chunks_per_minibatch):
+                mb_chunks = chunk_inds[:, chunk_order[start : start + chunks_per_minibatch]]
+                mb_inds = mb_chunks.ravel()  # step-major, as get_states reads them
 
                 _, newlogprob, entropy, newvalue, _, actor_logits = agent.get_action_and_value(
-                    b_obs[mb_inds], initial_memory[mb_env_inds], b_dones[mb_inds], b_llm_logprobs[mb_inds], llm_coef,
+                    b_obs[mb_inds], b_memories[mb_chunks[0]], b_dones[mb_inds], b_llm_logprobs[mb_inds], llm_coef,
                     b_actions[mb_inds],
                 )
                 logratio = newlogprob - b_logprobs[mb_inds]

@@ -83,8 +83,13 @@ def parse_args(Args, Agent, make_env):
     if train and args.num_iterations == 0:
         fail(f"--total-timesteps {args.total_timesteps} is less than one update (--num-envs x --num-steps = "
              f"{args.batch_size} frames): pass at least {args.batch_size}")
-    if train and args.num_envs % args.num_minibatches:  # a minibatch replays whole env sequences
-        fail(f"--num-envs {args.num_envs} must divide by --num-minibatches {args.num_minibatches}")
+    args.recurrence = min(args.recurrence, args.num_steps)  # a chunk is at most a whole rollout
+    if train and args.num_steps % args.recurrence:  # the update cuts each env's rollout into chunks
+        fail(f"--num-steps {args.num_steps} must divide by --recurrence {args.recurrence}")
+    num_chunks = args.num_envs * (args.num_steps // args.recurrence)
+    if train and num_chunks % args.num_minibatches:  # a minibatch holds whole chunks
+        fail(f"--num-minibatches {args.num_minibatches} must divide the rollout's {num_chunks} chunks (--num-envs x "
+             f"--num-steps / --recurrence)")
     return args, checkpoint, train
 
 
@@ -96,7 +101,7 @@ def check_args(args, Agent, make_env):
         close = difflib.get_close_matches(args.env_id, known_ids, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "MiniGrid-DoorKey-5x5-v0 or BabyAI-GoToLocal-v0 are examples."
         fail(f"unknown --env-id '{args.env_id}': use a MiniGrid-* or BabyAI-* id; {hint}")
-    for name in ["num_envs", "num_steps", "num_minibatches", "update_epochs", "log_every", "torch_threads"]:
+    for name in ["num_envs", "num_steps", "recurrence", "num_minibatches", "update_epochs", "log_every", "torch_threads"]:
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ["total_timesteps", "eval_episodes"]:

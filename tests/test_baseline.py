@@ -93,6 +93,88 @@ def test_the_memory_is_a_gru_reset_where_an_episode_starts():
     assert torch.allclose(last[:2], other_last[:2], atol=1e-6) and not torch.allclose(last[2], other_last[2])
 
 
+def rollout_batch(agent, num_steps=32, num_envs=4):
+    """A fixed batch as the script's rollout stores it (step-major), from real DoorKey steps, with episode starts
+    marked inside the rollout and a rollout that starts from a non-zero memory."""
+    envs = baseline.make_vector_env("MiniGrid-DoorKey-5x5-v0", num_envs)
+    next_obs, _ = envs.reset(seed=1)
+    dones = torch.zeros(num_steps, num_envs)
+    dones[5, 0] = dones[13, 2] = dones[20, 1] = dones[20, 3] = 1.0
+    memory = torch.randn(num_envs, baseline.MEMORY_SIZE)
+    obs, memories, actions = [], [], []
+    with torch.no_grad():
+        for step in range(num_steps):
+            obs.append(torch.as_tensor(next_obs))
+            memories.append(memory)
+            action, _, _, _, memory = agent.get_action_and_value(obs[-1], memory, dones[step])
+            actions.append(action)
+            next_obs, *_ = envs.step(action.numpy())
+    envs.close()
+    flat = lambda tensors: torch.stack(tensors).flatten(0, 1)
+    return flat(obs), flat(memories), dones.flatten(), flat(actions)
+
+
+def replay(agent, batch, inds, start_memories):
+    """The update's replay of some chunks (columns of `inds`), as the script calls it: new log-probs, entropies, values."""
+    b_obs, b_memories, b_dones, b_actions = batch
+    mb_inds = inds.ravel()
+    _, newlogprob, entropy, newvalue, _ = agent.get_action_and_value(b_obs[mb_inds], start_memories, b_dones[mb_inds],
+                                                                     b_actions[mb_inds])
+    return newlogprob, entropy, newvalue.flatten()
+
+
+def test_a_whole_rollout_chunk_is_the_previous_update():
+    """--recurrence = --num-steps: the minibatches are the previous update's (whole env sequences, replayed from the
+    memory the rollout started with), so the losses and their gradients are the same, bit for bit."""
+    torch.manual_seed(0)
+    agent = baseline.Agent(7)
+    num_steps, num_envs = 32, 4
+    batch = rollout_batch(agent, num_steps, num_envs)
+    b_memories = batch[1]
+    initial_memory = b_memories[:num_envs]
+    flat_inds = np.arange(num_steps * num_envs).reshape(num_steps, num_envs)  # the previous update's env sequences
+    chunk_inds = baseline.rollout_chunks(num_steps, num_envs, num_steps)
+    assert np.array_equal(chunk_inds, flat_inds)
+    for mb_envs in ([2, 0], [3, 1]):  # one epoch's minibatches after a shuffle
+        losses, gradients = [], []
+        for outputs in (replay(agent, batch, flat_inds[:, mb_envs], initial_memory[mb_envs]),
+                        replay(agent, batch, chunk_inds[:, mb_envs], b_memories[chunk_inds[0, mb_envs]])):
+            newlogprob, entropy, newvalue = outputs
+            loss = -newlogprob.mean() - 0.01 * entropy.mean() + 0.5 * (newvalue**2).mean()
+            agent.zero_grad()
+            loss.backward()
+            losses.append(loss.item())
+            gradients.append([parameter.grad.clone() for parameter in agent.parameters()])
+        assert losses[0] == losses[1]
+        assert all(torch.equal(before, after) for before, after in zip(*gradients))
+
+
+def test_a_chunked_update_restarts_the_memory_at_episode_starts():
+    """Chunks of 8 steps replayed from the memories the rollout stored give the whole-sequence replay's outputs;
+    from a wrong start memory, a chunk's outputs are still right from the step where an episode starts."""
+    torch.manual_seed(0)
+    agent = baseline.Agent(7)
+    num_steps, num_envs, recurrence = 32, 4, 8
+    batch = rollout_batch(agent, num_steps, num_envs)
+    b_dones = batch[2]
+    flat_inds = np.arange(num_steps * num_envs).reshape(num_steps, num_envs)
+    chunk_inds = baseline.rollout_chunks(num_steps, num_envs, recurrence)
+    assert chunk_inds.shape == (recurrence, num_envs * num_steps // recurrence)
+    assert sorted(chunk_inds.ravel()) == list(range(num_steps * num_envs))
+    with torch.no_grad():
+        whole = torch.stack(replay(agent, batch, flat_inds, batch[1][:num_envs]))  # the rollout's own outputs, flat order
+        chunked = torch.stack(replay(agent, batch, chunk_inds, batch[1][chunk_inds[0]]))
+        wrong_start = torch.stack(replay(agent, batch, chunk_inds, torch.randn(chunk_inds.shape[1], baseline.MEMORY_SIZE)))
+    order = chunk_inds.ravel()  # flat index of each replayed sample
+    assert torch.allclose(chunked, whole[:, order], atol=1e-5)
+    same = torch.isclose(wrong_start, whole[:, order], atol=1e-5).all(0).view(recurrence, -1)
+    for chunk in range(chunk_inds.shape[1]):
+        starts = np.flatnonzero(b_dones[chunk_inds[:, chunk]].numpy())
+        if len(starts) and starts[0] > 0:  # an episode starts inside this chunk: right from there on, wrong before
+            assert same[starts[0]:, chunk].all() and not same[: starts[0], chunk].any()
+    assert sum(len(np.flatnonzero(b_dones[chunk_inds[:, c]].numpy())) for c in range(chunk_inds.shape[1])) == 4
+
+
 def test_stride_one_puts_a_2x2_window_at_every_cell():
     """With --patch-stride 1 a cell of the view reaches exactly the (up to 4) windows that cover it."""
     torch.manual_seed(0)
@@ -233,7 +315,8 @@ def test_same_seed_gives_the_same_learning_curve(tmp_path):
         (["--env-id", "MiniGrid-DoorKey-5x5-v9"], "did you mean MiniGrid-DoorKey-5x5-v0"),
         (["--env-id", "CartPole-v1"], "use a MiniGrid-* or BabyAI-* id"),
         (["--num-envs", "0"], "--num-envs must be at least 1"),
-        (["--num-minibatches", "3"], "--num-envs 16 must divide by --num-minibatches 3"),
+        (["--num-minibatches", "3"], "--num-minibatches 3 must divide the rollout's 16 chunks"),
+        (["--recurrence", "12"], "--num-steps 32 must divide by --recurrence 12"),
         (["--checkpoint", "/nonexistent/agent.pt", "--eval-episodes", "2"], "does not exist"),
         (["--capture-video"], "add --eval-episodes N"),
         (["--patch-stride", "3"], "--patch-stride must be 1 or 2"),

@@ -127,6 +127,8 @@ def test_bench_fps_prints_a_ratio_per_run_and_a_median_per_script_and_flags():
     for row in run_rows:
         fps, raw_around, ratio = row.split("|")[3:6]
         assert int(fps) > 0 and float(raw_around) > 0 and 0 < int(ratio.strip().rstrip("%")) <= 1000
+        env_ms, inference_ms, update_ms = (float(ms) for ms in row.split("|")[8].split("/"))  # where an update's time goes
+        assert env_ms > 0 and inference_ms > 0 and update_ms > 0
     for label in ("ppo_baseline.py", "ppo_baseline.py --no-memory"):
         median_row = next(line for line in result.stdout.splitlines() if line.startswith(f"| {label} | 2 | "))
         assert median_row.split("|")[4].strip().endswith("%")

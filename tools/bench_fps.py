@@ -12,6 +12,10 @@ just after it, because this machine's speed drifts by +-10% within minutes. Also
 SyncVectorEnv with random actions, i.e. the environment cost the training loop cannot avoid; the rest of a training
 frame is the agent. Training FPS: each script's own main loop, run in this process with runpy, read from the FPS it
 prints at the end. With --repeats N the scripts run N times in turn and the last table gives each one's median ratio.
+
+Where a training run's time goes, per update: stepping the vector envs (their step method, timed), the rollout's
+forward passes (the scripts' `torch.inference_mode` blocks, timed), and the rest of the loop (the update, GAE,
+bookkeeping, LLM queries), which is the loop's time (frames / its FPS) less the other two.
 """
 
 import contextlib
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import minigrid  # noqa: F401
 import numpy as np
+import torch
 import tyro
 
 
@@ -85,6 +90,43 @@ def raw_vector_env_steps_per_second(env_id, steps, num_envs, seed=0):
     return steps // num_envs * num_envs / elapsed
 
 
+@contextlib.contextmanager
+def timed_parts():
+    """While a script runs in this process: seconds in the vector envs' step and in torch.inference_mode blocks."""
+    seconds = {"env": 0.0, "inference": 0.0}
+    vector_classes = {cls: cls.step for cls in (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv)}
+
+    def timed_step(original):
+        def step(self, actions):
+            start = time.perf_counter()
+            try:
+                return original(self, actions)
+            finally:
+                seconds["env"] += time.perf_counter() - start
+        return step
+
+    inference_mode = torch.inference_mode
+
+    class timed_inference_mode(inference_mode):  # the scripts' `with torch.inference_mode():` finds this one
+        def __enter__(self):
+            self.start = time.perf_counter()
+            return super().__enter__()
+
+        def __exit__(self, *exception):
+            super().__exit__(*exception)
+            seconds["inference"] += time.perf_counter() - self.start
+
+    for cls, original in vector_classes.items():
+        cls.step = timed_step(original)
+    torch.inference_mode = timed_inference_mode
+    try:
+        yield seconds
+    finally:
+        torch.inference_mode = inference_mode
+        for cls, original in vector_classes.items():
+            cls.step = original
+
+
 def training_fps(script, flags):
     """Run a training script's __main__ in this process; return the FPS of its last progress line."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,14 +137,18 @@ def training_fps(script, flags):
     if root not in sys.path:  # the scripts import prompts.py and llmppo/ from the repository root
         sys.path.insert(0, root)
     try:
-        with contextlib.redirect_stdout(captured):
+        with contextlib.redirect_stdout(captured), timed_parts() as seconds:
             runpy.run_path(path, run_name="__main__")
     finally:
         sys.argv = saved_argv
-    fps = re.findall(r"FPS (\d+)", captured.getvalue())
-    if not fps:  # e.g. a --total-timesteps below one update
+    progress = re.findall(r"update (\d+)/\d+ \| frames (\d+) \| FPS (\d+)", captured.getvalue())
+    if not progress:  # e.g. a --total-timesteps below one update
         fail(f"{script} printed no FPS line: {captured.getvalue().strip()[-300:] or 'no output'}")
-    return int(fps[-1]), captured.getvalue()
+    updates, frames, fps = (int(number) for number in progress[-1])
+    loop_seconds = frames / fps
+    per_update = {part: 1000 * spent / updates for part, spent in seconds.items()}
+    per_update["update and the rest"] = 1000 * (loop_seconds - sum(seconds.values())) / updates
+    return fps, captured.getvalue(), per_update
 
 
 if __name__ == "__main__":
@@ -133,24 +179,27 @@ if __name__ == "__main__":
                 flags = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps)]
                 flags += ["--num-envs", str(args.num_envs), "--run-dir", run_dir, "--log-every", "1000000"]
                 flags += shlex.split(args.script_args) if i > 0 else []
-                fps, output = training_fps(script, flags)
+                fps, output, per_update = training_fps(script, flags)
                 raw_speeds.append(raw_env_steps_per_second(args.env_id, args.raw_steps))
-                results.append((label, fps, np.mean(raw_speeds[-2:])))
+                results.append((label, fps, np.mean(raw_speeds[-2:]), per_update))
                 adviser_lines = [line for line in output.splitlines() if line.startswith("LLM adviser")]
-                print(f"{label}: {fps} training FPS (raw env after it: {raw_speeds[-1]:.0f} steps/s)", *adviser_lines,
-                      sep="\n    ", flush=True)
+                split = ", ".join(f"{part} {ms:.0f} ms" for part, ms in per_update.items())
+                print(f"{label}: {fps} training FPS (raw env after it: {raw_speeds[-1]:.0f} steps/s)",
+                      f"per update: {split}", *adviser_lines, sep="\n    ", flush=True)
     vector_after = raw_vector_env_steps_per_second(args.env_id, args.raw_steps, args.num_envs)
     raw, vector = np.mean(raw_speeds), np.mean([vector_before, vector_after])
     print(f"raw env over the whole run: mean {raw:.0f}, min {min(raw_speeds):.0f}, max {max(raw_speeds):.0f} steps/s")
     print(f"vector env again: {vector_after:.0f} steps/s (reference: mean {vector:.0f})\n")
-    print(f"| run | script | training FPS | raw env steps/s around it | FPS / raw | FPS / vector env steps/s | FPS / {results[0][0]}'s |")
-    print("|---|---|---|---|---|---|---|")
-    for run, (script, fps, raw_around) in enumerate(results, 1):
-        print(f"| {run} | {script} | {fps} | {raw_around:.0f} | {fps / raw_around:.0%} | {fps / vector:.0%} | {fps / results[0][1]:.0%} |")
+    print(f"| run | script | training FPS | raw env steps/s around it | FPS / raw | FPS / vector env steps/s | FPS / {results[0][0]}'s "
+          "| per update: env steps, inference, update and the rest (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run, (script, fps, raw_around, per_update) in enumerate(results, 1):
+        split = " / ".join(f"{ms:.0f}" for ms in per_update.values())
+        print(f"| {run} | {script} | {fps} | {raw_around:.0f} | {fps / raw_around:.0%} | {fps / vector:.0%} | {fps / results[0][1]:.0%} | {split} |")
     if args.repeats > 1:
         print("\n| script | runs | median training FPS | median FPS / raw | lowest | highest |")
         print("|---|---|---|---|---|---|")
         for script in dict.fromkeys(labels):
-            fps = [f for s, f, _ in results if s == script]
-            ratios = [f / r for s, f, r in results if s == script]
+            fps = [f for s, f, _, _ in results if s == script]
+            ratios = [f / r for s, f, r, _ in results if s == script]
             print(f"| {script} | {len(fps)} | {np.median(fps):.0f} | {np.median(ratios):.0%} | {min(ratios):.0%} | {max(ratios):.0%} |")
