@@ -55,8 +55,7 @@ class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoin
     num_steps: int = 32
     """the number of steps to run in each environment per policy rollout"""
     recurrence: int = 32
-    """the update backpropagates through the memory over chunks of this many steps (truncated BPTT, torch-ac's
-    `recurrence`), each replayed from the memory stored at its start; at most --num-steps, a whole env rollout"""
+    """the update replays the memory in chunks of this many steps (truncated BPTT); at most --num-steps: whole rollouts"""
     anneal_lr: bool = True
     """toggle learning rate annealing (linear to 0)"""
     gamma: float = 0.99
@@ -85,8 +84,6 @@ class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoin
     # to be filled in runtime
     batch_size: int = 0
     """the batch size (computed in runtime)"""
-    minibatch_size: int = 0
-    """the mini-batch size (computed in runtime)"""
     num_iterations: int = 0
     """the number of iterations (computed in runtime)"""
 
@@ -157,10 +154,8 @@ def make_vector_env(env_id, num_envs, asynchronous=False, render=False):
 
 
 def rollout_chunks(num_steps, num_envs, recurrence):
-    """The rollout's flat indices (step-major: step * num_envs + env) cut into chunks of `recurrence` steps of one env,
-    one chunk per column: column c is env c % num_envs from step (c // num_envs) * recurrence."""
-    flat_inds = np.arange(num_steps * num_envs).reshape(num_steps // recurrence, recurrence, num_envs)
-    return flat_inds.transpose(1, 0, 2).reshape(recurrence, -1)
+    """Flat indices (step * num_envs + env) in chunks of `recurrence` steps of one env: column c is env c % num_envs."""
+    return np.arange(num_steps * num_envs).reshape(-1, recurrence, num_envs).transpose(1, 0, 2).reshape(recurrence, -1)
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -172,22 +167,19 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 class Agent(nn.Module):
     def __init__(self, n_actions, memory=True, patch_stride=2):
         super().__init__()
-        # Cell values are categories (object 5 is not "more" than object 4). A multi-hot vector per cell (one slot per
-        # object, color and state) times a linear layer is the sum of three embeddings, with a much cheaper backward
-        # pass on CPU than nn.Embedding's.
+        # Cell values are categories (object 5 is not "more" than 4): a multi-hot vector per cell (a slot per object, color,
+        # state) times a linear layer is the sum of three embeddings, with a cheaper backward on CPU than nn.Embedding's.
         self.cell_encoder = nn.Linear(3 * 16, 8, bias=False)
         self.register_buffer("channel_offsets", torch.tensor([0, 16, 32]))
-        # The CNN: a 2x2 convolution with stride 2 (non-overlapping patches) over the view padded to 8x8, i.e. the same
-        # 16 filters on each of the 4x4 patches, written as one linear layer on the reshaped grid: nn.Conv2d's per-call
-        # overhead dominates layers this small on CPU (benchmarks/pages/fps). Stride 1 puts a window at every cell,
-        # so the agent knows where an object is to the cell, not to the patch.
+        # The CNN: a 2x2 convolution with stride 2 over the view padded to 8x8 (16 filters on each of the 4x4 patches) as
+        # one linear layer on the reshaped grid: nn.Conv2d's per-call overhead dominates layers this small on CPU. Stride
+        # 1 puts a window at every cell, so the agent knows where an object is to the cell, not to the patch.
         self.patch_stride = patch_stride
         self.patch_conv = layer_init(nn.Linear(2 * 2 * 8, 16))
         # The mission as a bag of words: the levels benchmarked here are told apart by which words appear ("go to the
         # red ball"). Order-sensitive missions ("put A next to B") would need a GRU, at several times the cost.
         self.mission_encoder = nn.Sequential(layer_init(nn.Linear(len(MISSION_WORDS) + 2, 32)), nn.ReLU())
-        # FiLM (as in BabyAI's own agent): the mission scales and shifts each patch channel, so that the CNN itself looks
-        # for what the mission names. Small initial weights: it starts as the plain CNN.
+        # FiLM (BabyAI's agent): the mission scales and shifts each patch channel; small initial weights: the plain CNN at first.
         self.film = layer_init(nn.Linear(32, 2 * 16), std=0.01)
         features = (4 * 4 if patch_stride == 2 else 7 * 7) * 16 + 4 + 32
         # The memory: a GRU over the steps of an episode (what was seen before it turned away), reset at episode ends.
@@ -220,8 +212,7 @@ class Agent(nn.Module):
         return torch.zeros(num_envs, self.memory_size, device=device)  # width 0 without a memory
 
     def get_states(self, x, memory_state, done):
-        """Features of x (steps x envs, flattened step-major) with the memory after each step, and the last memory.
-        `done` marks the first step of a new episode: the memory is reset there."""
+        """Features of x (steps x envs, step-major) with the memory after each step (reset where `done`), and the last one."""
         hidden = self.features(x)
         if self.memory_size == 0:
             return hidden, memory_state
@@ -290,8 +281,7 @@ if __name__ == "__main__":
         runs.restore_rng_state(checkpoint["rng"])
     start_time, start_step = time.time(), global_step  # FPS counts this process's frames only (--resume)
     recent_returns, recent_lengths = deque(maxlen=100), deque(maxlen=100)
-    next_obs, _ = envs.reset(seed=args.seed + start_iteration * args.num_envs)
-    next_obs = torch.as_tensor(next_obs).to(device)
+    next_obs = torch.as_tensor(envs.reset(seed=args.seed + start_iteration * args.num_envs)[0]).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
     next_memory = agent.initial_memory(args.num_envs, device)
 
@@ -346,7 +336,6 @@ if __name__ == "__main__":
                 delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
                 advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
             returns = advantages + values
-
         rollout_had_reward = bool(rewards.any())
 
         # flatten the batch
@@ -359,17 +348,14 @@ if __name__ == "__main__":
         b_dones = dones.reshape(-1)
         b_memories = memories.reshape((args.batch_size, agent.memory_size))
 
-        # Optimizing the policy and value network: a minibatch holds chunks of --recurrence steps of one env, each
-        # replayed from the memory stored at its first step (torch-ac); chunks of --num-steps steps are whole env
-        # sequences replayed from the rollout's first memory (CleanRL's ppo_atari_lstm.py)
+        # Optimizing the policy and value network: minibatches of chunks of one env's steps, each from its stored memory
         chunk_inds = rollout_chunks(args.num_steps, args.num_envs, args.recurrence)
-        chunks_per_minibatch = chunk_inds.shape[1] // args.num_minibatches
         chunk_order = np.arange(chunk_inds.shape[1])
         clipfracs = []
         for epoch in range(args.update_epochs):
             np.random.shuffle(chunk_order)
-            for start in range(0, len(chunk_order), chunks_per_minibatch):
-                mb_chunks = chunk_inds[:, chunk_order[start : start + chunks_per_minibatch]]
+            for minibatch, mb_chunk_ids in enumerate(np.split(chunk_order, args.num_minibatches)):
+                mb_chunks = chunk_inds[:, mb_chunk_ids]
                 mb_inds = mb_chunks.ravel()  # step-major, as get_states reads them
 
                 _, newlogprob, entropy, newvalue, _ = agent.get_action_and_value(

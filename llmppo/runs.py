@@ -78,7 +78,6 @@ def parse_args(Args, Agent, make_env):
     checkpoint = check_args(args, Agent, make_env)
     train = (args.checkpoint is None or args.fine_tune) and not getattr(args, "llm_only", False)
     args.batch_size = int(args.num_envs * args.num_steps)
-    args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size if train else 0
     if train and args.num_iterations == 0:
         fail(f"--total-timesteps {args.total_timesteps} is less than one update (--num-envs x --num-steps = "
