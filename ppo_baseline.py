@@ -52,9 +52,9 @@ class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoin
     """the number of parallel environments"""
     async_envs: bool = False
     """step the envs in worker processes (gym AsyncVectorEnv) instead of in this process"""
-    num_steps: int = 32
+    num_steps: int = 64
     """the number of steps to run in each environment per policy rollout"""
-    recurrence: int = 32
+    recurrence: int = 8
     """the update replays the memory in chunks of this many steps (truncated BPTT); at most --num-steps: whole rollouts"""
     anneal_lr: bool = True
     """toggle learning rate annealing (linear to 0)"""

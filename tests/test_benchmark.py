@@ -118,7 +118,7 @@ def test_bench_fps_prints_a_ratio_per_run_and_a_median_per_script_and_flags():
     # A smoke test of the tool on a tiny budget: it checks what is printed, never how fast anything is. The same
     # script with and without extra flags must stay two rows of the summary, not one median over both.
     command = [sys.executable, os.path.join(ROOT, "tools", "bench_fps.py"), "--raw-steps", "300",
-               "--total-timesteps", "512", "--repeats", "2", "--scripts", "ppo_baseline.py", "ppo_baseline.py",
+               "--total-timesteps", "1024", "--repeats", "2", "--scripts", "ppo_baseline.py", "ppo_baseline.py",
                "--script-args=--no-memory"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=outside_repo())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -44,7 +44,7 @@ class Args:
     workers: int = os.cpu_count() or 1
     """runs at the same time (one subprocess each)"""
     out: Optional[str] = None
-    """output folder (default: benchmarks/<preset>; benchmarks/agent-tuning/<sweep> for preset agent-tuning-<sweep>)"""
+    """output folder (default: benchmarks/<preset>)"""
     llm_cache_dir: Optional[str] = None
     """LLM answer cache passed to the LLM scripts (default: theirs, ~/.cache/minigrid-llm-ppo)"""
     llm_base_url: Optional[str] = None

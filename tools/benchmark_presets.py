@@ -10,38 +10,17 @@ import os
 
 
 def preset_folder(name):
-    """A preset's default output folder: benchmarks/<name>/, except the GoToLocal tuning sweeps agent-tuning-<sweep>,
-    which go into benchmarks/agent-tuning/<sweep>/, under the page that reports them all."""
-    sweep = name.removeprefix("agent-tuning-")
-    return os.path.join("benchmarks", "agent-tuning", sweep) if sweep != name else os.path.join("benchmarks", name)
+    """A preset's default output folder: benchmarks/<name>/."""
+    return os.path.join("benchmarks", name)
 
 
 # label -> (script, flags). The variant flags come last on the command line, after the per-run ones.
 VARIANTS = {
     "baseline": ("ppo_baseline.py", []),
-    "baseline-no-memory": ("ppo_baseline.py", ["--no-memory"]),
     "policy+expert": ("ppo_llm_policy.py", ["--advisor", "expert"]),
-    "policy+expert-distill1.0": ("ppo_llm_policy.py", ["--advisor", "expert", "--distill-coef", "1.0"]),
     "policy+llm": ("ppo_llm_policy.py", ["--advisor", "llm"]),
     "policy+uniform": ("ppo_llm_policy.py", ["--advisor", "uniform"]),
     "policy+random": ("ppo_llm_policy.py", ["--advisor", "random"]),
-    "baseline-lr5e-4": ("ppo_baseline.py", ["--learning-rate", "5e-4"]),
-    "baseline-lr2.5e-4": ("ppo_baseline.py", ["--learning-rate", "2.5e-4"]),
-    "baseline-kl0.03": ("ppo_baseline.py", ["--target-kl", "0.03"]),
-    "baseline-ent0.02": ("ppo_baseline.py", ["--ent-coef", "0.02"]),
-    "baseline-64envs": ("ppo_baseline.py", ["--num-envs", "64"]),
-    "baseline-lr5e-4-lambda0.99": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--gae-lambda", "0.99"]),
-    "baseline-lr5e-4-steps128": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128"]),
-    "baseline-lr5e-4-vf2": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--vf-coef", "2.0"]),
-    "baseline-lr5e-4-64envs": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-envs", "64"]),
-    "baseline-lr5e-4-steps256": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "256"]),
-    "baseline-lr5e-4-steps128-gamma0.95": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--gamma", "0.95"]),
-    "baseline-lr5e-4-steps128-gamma0.9": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--gamma", "0.9"]),
-    "baseline-lr5e-4-steps128-stride1": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128", "--patch-stride", "1"]),
-    "baseline-lr5e-4-steps128-stride1-gamma0.95": ("ppo_baseline.py", ["--learning-rate", "5e-4", "--num-steps", "128",
-                                                                     "--patch-stride", "1", "--gamma", "0.95"]),
-    "baseline-lr1e-3-steps128-stride1": ("ppo_baseline.py", ["--learning-rate", "1e-3", "--num-steps", "128", "--patch-stride", "1"]),
-    "baseline-lr2e-3-steps128-stride1": ("ppo_baseline.py", ["--learning-rate", "2e-3", "--num-steps", "128", "--patch-stride", "1"]),
     "explore+expert": ("ppo_llm_explore.py", ["--advisor", "expert"]),
     "explore+llm": ("ppo_llm_explore.py", ["--advisor", "llm"]),
     "explore+uniform": ("ppo_llm_explore.py", ["--advisor", "uniform"]),
@@ -197,16 +176,10 @@ def ranking_runs(env_id, accuracies, seeds, frames, eval_every, eval_episodes, l
 
 GUIDED = ["baseline", "policy+expert", "policy+llm", "policy+uniform", "explore+expert", "explore+llm"]
 STUDY_ACCURACIES = [1.0, 0.8, 0.6, 0.4, 0.25]
-# 8 envs x 32 steps = 256 frames per update: more updates (and eval points) out of the tiny preset's 2048 frames.
-TINY = ["--num-envs", "8", "--num-minibatches", "2", "--update-epochs", "2"]
+# 8 envs x 32 steps: more updates (and eval points) out of the tiny preset's 2048 frames.
+TINY = ["--num-envs", "8", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "2"]
 TINY_TRANSFER = transfer_runs(["baseline"], "MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0", [1], 2048, 1024, 4, 3, TINY)
-# agent-tuning-stride1-1m's runs again, saving their checkpoints, for a longer evaluation of each; then other flags.
-STRIDE1_SAVED = train_runs(["baseline-lr5e-4-steps128-stride1"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 10, 32,
-                           ["--save-model"])
-STRIDE1_MORE = train_runs(["baseline-lr5e-4-steps128-stride1-gamma0.95", "baseline-lr1e-3-steps128-stride1"],
-                          "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 10, 32, ["--save-model"])
-STRIDE1_LR2E3 = train_runs(["baseline-lr2e-3-steps128-stride1"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 10, 32,
-                           ["--save-model"])
+
 PRESETS = {
     # reported on no page: the tests' preset (tests/test_benchmark.py), every kind of run once
     "tiny": [
@@ -279,62 +252,17 @@ PRESETS = {
                       noisy_seeds=[1, 2, 3], llm_orders=("cyclic",)),
         *ranking_runs("BabyAI-UnlockPickup-v0", [1.0, 0.6, 0.3], [1, 2, 3], 100_000, 20, 32),
     ],
-    # reported on benchmarks/agent/README.md
+    # reported on benchmarks/agent/README.md: the five levels of issue 34 at the defaults, at its budgets and seeds
     "agent": [
-        *train_runs(["baseline", "baseline-no-memory"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 80_000, 10, 32),
-        *train_runs(["baseline", "baseline-no-memory"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 40, 32),
-        *train_runs(["baseline", "baseline-no-memory"], "MiniGrid-DoorKey-8x8-v0", [1, 2, 3], 300_000, 20, 32),
-        *train_runs(["policy+expert", "policy+expert-distill1.0"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 40, 32),
-        *train_runs(["baseline"], "BabyAI-PickupLoc-v0", [1, 2, 3], 2_000_000, 80, 32),
+        *train_runs(["baseline"], "BabyAI-PickupLoc-v0", [1, 2, 3], 2_000_000, 0, 500),
+        *train_runs(["baseline"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 0, 500),
+        *train_runs(["baseline"], "MiniGrid-DoorKey-8x8-v0", [1, 2, 3, 4, 5, 6], 300_000, 20, 32),
+        *train_runs(["baseline"], "BabyAI-KeyCorridorS3R1-v0", [1, 2, 3], 150_000, 10, 32),
+        *train_runs(["baseline"], "MiniGrid-DoorKey-5x5-v0", [1, 2, 3], 80_000, 0, 32),  # no evaluations: the plain command's stream
     ],
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning": [
-        *train_runs(["baseline", "baseline-lr5e-4", "baseline-lr2.5e-4", "baseline-kl0.03", "baseline-ent0.02"],
-                    "BabyAI-GoToLocal-v0", [1, 2, 3], 300_000, 20, 32),
-        *train_runs(["baseline-64envs"], "BabyAI-GoToLocal-v0", [1, 2, 3], 300_000, 5, 32),
-    ],
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-1m": train_runs(["baseline-lr5e-4"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 40, 32),
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-credit": [
-        *train_runs(["baseline-lr5e-4", "baseline-lr5e-4-lambda0.99", "baseline-lr5e-4-vf2"], "BabyAI-GoToLocal-v0",
-                    [1, 2, 3], 300_000, 20, 32),
-        *train_runs(["baseline-lr5e-4-steps128"], "BabyAI-GoToLocal-v0", [1, 2, 3], 300_000, 5, 32),
-    ],
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-batch": train_runs(["baseline-lr5e-4-64envs"], "BabyAI-GoToLocal-v0", [1, 2, 3], 300_000, 5, 32),
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-credit-1m": train_runs(["baseline-lr5e-4-steps128"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 10, 32),
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-steps256-1m": train_runs(["baseline-lr5e-4-steps256"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000, 5,
-                                           32),
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-gamma": train_runs(["baseline-lr5e-4-steps128-gamma0.95", "baseline-lr5e-4-steps128-gamma0.9"],
-                                     "BabyAI-GoToLocal-v0", [1, 2, 3], 300_000, 5, 32),
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-stride1-1m": train_runs(["baseline-lr5e-4-steps128-stride1"], "BabyAI-GoToLocal-v0", [1, 2, 3], 1_000_000,
-                                          10, 32),
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-credit-pickuploc": train_runs(["baseline-lr5e-4-steps128"], "BabyAI-PickupLoc-v0", [1, 2, 3], 2_000_000,
-                                                20, 32),
     # reported on benchmarks/agent-doorkey8x8-explore/README.md
     "agent-doorkey8x8-explore": train_runs(["baseline", "explore+uniform", "explore+llm"], "MiniGrid-DoorKey-8x8-v0",
                                            [1, 2, 3, 4, 5, 6], 300_000, 20, 32),
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-argmax-1m": [*STRIDE1_SAVED, *reeval_runs(STRIDE1_SAVED, 500)],
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-stride1-more-1m": [*STRIDE1_MORE, *reeval_runs([run for run in STRIDE1_MORE if "lr1e-3" in run["variant"]], 500)],
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-tuning-lr2e-3-1m": [*STRIDE1_LR2E3, *reeval_runs(STRIDE1_LR2E3, 500)],
-    # reported on benchmarks/agent-doorkey8x8-lr1e-3/README.md
-    "agent-doorkey8x8-lr1e-3": train_runs(["baseline-lr1e-3-steps128-stride1"], "MiniGrid-DoorKey-8x8-v0", [1, 2, 3], 300_000,
-                                          5, 32),
-    # reported on benchmarks/agent-doorkey8x8-steps128/README.md
-    "agent-doorkey8x8-steps128": train_runs(["baseline-lr2e-3-steps128-stride1"], "MiniGrid-DoorKey-8x8-v0",
-                                            [1, 2, 3, 4, 5, 6], 300_000, 5, 32),
-    # reported on benchmarks/agent-tuning/README.md
-    "agent-pickuploc-steps128": train_runs(["baseline-lr2e-3-steps128-stride1"], "BabyAI-PickupLoc-v0", [1, 2, 3],
-                                           2_000_000, 20, 32),
     # reported on benchmarks/study-check-gotoobj/README.md
     "study-check-gotoobj": [run for run in study_runs("BabyAI-GoToObj-v0", [0.6], [4, 5, 6, 7, 8, 9], 40_000, 0, 500)
                             if run["variant"] in ("baseline", "explore+noisy0.6")],
