@@ -4,10 +4,12 @@
     python tools/summarize_runs.py runs --tag eval/episodic_return --threshold 0.9
 
 Columns: the frame at which `--tag` first reached `--threshold` ("-" if never), its last value, the final
-evaluation of the agent alone (eval/episodic_return and eval/success_rate, if the run evaluated), and the last FPS.
+evaluation of the agent alone (eval/episodic_return and eval/success_rate, if the run evaluated), the last FPS, and
+the wall time that tools/benchmark.py recorded in the run's result.json (for a preset's runs).
 """
 
 import glob
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -64,8 +66,9 @@ if __name__ == "__main__":
             fail(f"{run_dir} is not a folder: pass the --run-dir of the training scripts (default runs)")
     if not run_paths(args.run_dirs):
         fail(f"no runs in {', '.join(args.run_dirs)}: pass a folder of run folders, or a run folder")
-    print(f"| run | frames to {args.tag} >= {args.threshold} | last {args.tag} | eval return | eval success | FPS |")
-    print("|---|---|---|---|---|---|")
+    print(f"| run | frames to {args.tag} >= {args.threshold} | last {args.tag} | eval return | eval success | FPS | "
+          "wall (s) |")
+    print("|---|---|---|---|---|---|---|")
     for path in run_paths(args.run_dirs):
         scalars = read_scalars(path)
         points = scalars.get(args.tag, [])
@@ -74,5 +77,7 @@ if __name__ == "__main__":
         eval_return = f"{scalars['eval/episodic_return'][-1][1]:.3f}" if "eval/episodic_return" in scalars else "-"
         eval_success = f"{scalars['eval/success_rate'][-1][1]:.2f}" if "eval/success_rate" in scalars else "-"
         fps = int(scalars["charts/SPS"][-1][1]) if "charts/SPS" in scalars else "-"
+        result_path = os.path.join(os.path.dirname(path), "result.json")  # a preset's run: <out>/runs/<key>/<run>
+        wall = f"{json.load(open(result_path))['wall_seconds']:.0f}" if os.path.exists(result_path) else "-"
         print(f"| {os.path.basename(path)} | {reached if reached is not None else '-'} | {last} | {eval_return} | "
-              f"{eval_success} | {fps} |")
+              f"{eval_success} | {fps} | {wall} |")
