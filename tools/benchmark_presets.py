@@ -238,8 +238,8 @@ PRESETS = {
         *[run for run in study_runs("BabyAI-GoToObj-v0", [0.25], [4, 5, 6], 40_000, 0, 500)
           if run["variant"] in ("baseline", "explore+noisy0.25")],
     ],
-    # reported on benchmarks/study-gotolocal/README.md
-    "study-gotolocal": study_runs("BabyAI-GoToLocal-v0", [1.0, 0.6, 0.4, 0.25], [1, 2, 3], 300_000, 20, 32,
+    # reported on benchmarks/study-gotolocal/README.md (an evaluation every 10 updates of 1,024 frames)
+    "study-gotolocal": study_runs("BabyAI-GoToLocal-v0", [1.0, 0.6, 0.4, 0.25], [1, 2, 3], 300_000, 10, 32,
                                   uniform=False),
     # reported on benchmarks/study/README.md
     "study-distill1.0": study_runs("BabyAI-GoToObj-v0", STUDY_ACCURACIES, [1, 2, 3], 40_000, 5, 32,
