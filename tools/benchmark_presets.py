@@ -238,7 +238,7 @@ PRESETS = {
         *[run for run in study_runs("BabyAI-GoToObj-v0", [0.25], [4, 5, 6], 40_000, 0, 500)
           if run["variant"] in ("baseline", "explore+noisy0.25")],
     ],
-    # reported on benchmarks/study-gotolocal/README.md (an evaluation every 10 updates of 1,024 frames)
+    # reported on benchmarks/study-gotolocal/README.md (which says why evaluations come this often)
     "study-gotolocal": study_runs("BabyAI-GoToLocal-v0", [1.0, 0.6, 0.4, 0.25], [1, 2, 3], 300_000, 10, 32,
                                   uniform=False),
     # reported on benchmarks/study/README.md
