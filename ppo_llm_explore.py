@@ -23,6 +23,7 @@ import torch.optim as optim
 from torch.distributions.categorical import Categorical
 
 from llmppo import bot, flat_obs, llm_logging, runs
+from llmppo.env_groups import EnvGroups
 from llmppo.evaluation import evaluate
 from llmppo.llm_flags import LLMFlags, make_adviser_from_flags
 import prompts
@@ -54,8 +55,8 @@ class Args(runs.RunFlags, LLMFlags):  # + the flags of every script and of the L
     """the learning rate of the optimizer"""
     num_envs: int = 16
     """the number of parallel environments"""
-    async_envs: bool = False
-    """step the envs in worker processes (gym AsyncVectorEnv) instead of in this process"""
+    env_processes: int = 2
+    """processes that step the envs at once, a share each (this one and workers); any count gives the same run"""
     num_steps: int = 64
     """the number of steps to run in each environment per policy rollout"""
     recurrence: int = 8
@@ -172,13 +173,13 @@ def make_env(env_id, render=False, expert=False, track=False):
     return thunk
 
 
-def make_vector_env(env_id, num_envs, asynchronous=False, render=False, expert=False, track=False):
+def make_vector_env(env_id, num_envs, processes=1, render=False, expert=False, track=False):
     # SAME_STEP autoreset: a finished env is reset inside the step that ended it, so the next observation is
     # already the new episode's and CleanRL's done-masking in GAE stays exact.
-    vector_env_class = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    envs = vector_env_class(
-        [make_env(env_id, render, expert, track) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
+    env_fns, autoreset = [make_env(env_id, render, expert, track) for _ in range(num_envs)], gym.vector.AutoresetMode.SAME_STEP
+    # processes > 1: the envs in that many shares stepped at once, one share here and the others in worker processes
+    vector_env_class = functools.partial(EnvGroups, num_groups=processes) if processes > 1 else gym.vector.SyncVectorEnv
+    envs = vector_env_class(env_fns, autoreset_mode=autoreset)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
@@ -271,7 +272,6 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden), memory_state
 
 
-
 if __name__ == "__main__":
     args, checkpoint, train = runs.parse_args(Args, Agent, make_env)  # bad flags: one line and exit 2, before any work
     stop = runs.StopFlag()  # Ctrl-C or SIGTERM: the loop ends, a checkpoint is saved, exit code 130
@@ -286,7 +286,7 @@ if __name__ == "__main__":
 
     # env setup
     expert = args.advisor in ("expert", "noisy-expert")
-    envs = make_vector_env(args.env_id, args.num_envs, asynchronous=args.async_envs, expert=expert, track=True)
+    envs = make_vector_env(args.env_id, args.num_envs, args.env_processes, expert=expert, track=True)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
     make_eval_envs = functools.partial(make_vector_env, args.env_id)  # evaluation: the actor alone
     try:  # the advisers speak MiniGrid's 7 actions; an env with fewer has MiniGrid's first ones

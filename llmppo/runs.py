@@ -100,7 +100,8 @@ def check_args(args, Agent, make_env):
         close = difflib.get_close_matches(args.env_id, known_ids, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "MiniGrid-DoorKey-5x5-v0 or BabyAI-GoToLocal-v0 are examples."
         fail(f"unknown --env-id '{args.env_id}': use a MiniGrid-* or BabyAI-* id; {hint}")
-    for name in ["num_envs", "num_steps", "recurrence", "num_minibatches", "update_epochs", "log_every", "torch_threads"]:
+    for name in ["num_envs", "num_steps", "recurrence", "num_minibatches", "update_epochs", "log_every", "torch_threads",
+                 "env_processes"]:
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ["total_timesteps", "eval_episodes"]:

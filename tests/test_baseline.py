@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import ppo_baseline as baseline
+from llmppo import bot
+from llmppo.env_groups import EnvGroups
 from conftest import ROOT, TINY, only_run, outside_repo, run_script, scalars
 
 
@@ -91,6 +93,64 @@ def test_the_memory_is_a_gru_reset_where_an_episode_starts():
     with torch.no_grad():
         _, other_last = agent.get_states(obs, torch.randn(num_envs, baseline.MEMORY_SIZE), done.flatten())
     assert torch.allclose(last[:2], other_last[:2], atol=1e-6) and not torch.allclose(last[2], other_last[2])
+
+
+# ---- the envs stepped in several processes ---------------------------------------------------------------------------
+
+
+def expert_env():
+    """A BabyAI env whose infos carry a masked key (the bot's action), as in the LLM scripts."""
+    return baseline.FlatObservation(bot.BabyAIBotWrapper(gym.make("BabyAI-GoToLocal-v0")))
+
+
+def assert_same(expected, got):
+    """Equal through tuples, dicts and object arrays (infos["final_obs"] holds an array per env that ended)."""
+    if isinstance(expected, (tuple, list)) or (isinstance(expected, np.ndarray) and expected.dtype == object):
+        assert len(expected) == len(got)
+        for expected_item, got_item in zip(expected, got):
+            assert_same(expected_item, got_item)
+    elif isinstance(expected, dict):
+        assert expected.keys() == got.keys()
+        for key in expected.keys() - {"t"}:  # infos["episode"]["t"]: the episode's wall time
+            assert_same(expected[key], got[key])
+    else:
+        np.testing.assert_array_equal(expected, got)
+
+
+def test_env_groups_step_exactly_like_one_sync_vector_env():
+    """Envs split over 3 processes (shares of 2, 3 and 2 envs) give the observations, rewards, episode ends and infos
+    (masks included) of one SyncVectorEnv, through episode ends and autoresets."""
+    num_envs, autoreset = 7, gym.vector.AutoresetMode.SAME_STEP
+    wrap = gym.wrappers.vector.RecordEpisodeStatistics
+    one = wrap(gym.vector.SyncVectorEnv([expert_env] * num_envs, autoreset_mode=autoreset))
+    groups = wrap(EnvGroups([expert_env] * num_envs, num_groups=3, autoreset_mode=autoreset))
+    assert groups.unwrapped.group_sizes == [2, 3, 2] and len(groups.unwrapped.processes) == 2
+    actions = np.random.default_rng(0).integers(0, 7, (150, num_envs))
+    steps = [(one.reset(seed=5), groups.reset(seed=5))]
+    steps += [(one.step(action), groups.step(action)) for action in actions]
+    episodes = 0
+    for expected, got in steps:
+        assert_same(expected, got)
+        episodes += int(np.sum(expected[-1].get("_episode", 0)))
+    assert episodes > 5 and "_expert_action" in steps[-1][1][-1]  # episodes ended; the masked key came through
+    processes = groups.unwrapped.processes
+    one.close()
+    groups.close()
+    assert not any(process.is_alive() for process in processes)
+
+
+class BrokenEnv(gym.Wrapper):
+    def step(self, action):
+        raise ValueError("this env is broken")
+
+
+def test_a_failing_env_in_a_worker_process_raises_its_error():
+    envs = EnvGroups([expert_env, lambda: BrokenEnv(expert_env())], num_groups=2)
+    envs.reset(seed=1)
+    with pytest.raises(RuntimeError, match="(?s)env worker process failed.*this env is broken"):
+        envs.step(np.zeros(2, dtype=int))
+    envs.close()
+    assert not any(process.is_alive() for process in envs.processes)
 
 
 def rollout_batch(agent, num_steps=32, num_envs=4):
@@ -299,14 +359,16 @@ def test_actor_vs_bot_splits_episodes_by_the_target_in_view(trained):
 
 
 def test_same_seed_gives_the_same_learning_curve(tmp_path):
+    """Twice with the envs stepped in two processes (the default), once in one: the same curve each time."""
     curves = []
-    for attempt in range(2):
+    for attempt, env_processes in enumerate(["2", "2", "1"]):
         run_dir = tmp_path / str(attempt)
-        result = run_script("--total-timesteps", "1280", "--seed", "7", "--run-dir", str(run_dir), *TINY)
+        result = run_script("--total-timesteps", "1280", "--seed", "7", "--run-dir", str(run_dir),
+                            "--env-processes", env_processes, *TINY)
         assert result.returncode == 0, result.stderr[-3000:]
         logged = scalars(only_run(str(run_dir)))
         curves.append((logged["charts/episodic_return"], logged["losses/value_loss"]))
-    assert curves[0] == curves[1]
+    assert curves[0] == curves[1] == curves[2]
 
 
 @pytest.mark.parametrize(
@@ -320,6 +382,7 @@ def test_same_seed_gives_the_same_learning_curve(tmp_path):
         (["--checkpoint", "/nonexistent/agent.pt", "--eval-episodes", "2"], "does not exist"),
         (["--capture-video"], "add --eval-episodes N"),
         (["--patch-stride", "3"], "--patch-stride must be 1 or 2"),
+        (["--env-processes", "0"], "--env-processes must be at least 1"),
     ],
 )
 def test_bad_input_gives_one_clear_line(flags, message, tmp_path):

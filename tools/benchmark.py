@@ -88,6 +88,8 @@ def command(run, out, args):
     script = os.path.join(ROOT, run["script"])
     flags = ["--env-id", run["env_id"], "--seed", str(run["seed"]), "--run-dir", os.path.join(out, "runs", run["key"]),
              "--torch-threads", "1", *run["flags"]]
+    if args.launcher == "slurm" or args.workers > 1:  # a run's envs get its cores: one beside other runs, a job's CPUs
+        flags += ["--env-processes", str(args.slurm_cpus_per_task if args.launcher == "slurm" else 1)]
     if run["script"] != "ppo_baseline.py":
         if args.llm_cache_dir:
             flags += ["--llm-cache-dir", args.llm_cache_dir]
