@@ -13,6 +13,7 @@ from gymnasium.vector.utils import CloudpickleWrapper
 
 def _worker(env_fns, autoreset_mode, connection):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it closes the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (forked): a terminate() ends it quietly
     envs = gym.vector.SyncVectorEnv(env_fns.fn, autoreset_mode=autoreset_mode)
     while True:
         try:
