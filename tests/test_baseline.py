@@ -411,3 +411,19 @@ def test_ctrl_c_saves_a_checkpoint_and_keeps_the_logs(tmp_path):
     checkpoint = torch.load(os.path.join(run_path, "agent.pt"), weights_only=True)
     assert checkpoint["global_step"] >= 3 * 4 * 32
     assert len(scalars(run_path)["losses/value_loss"]) >= 3
+
+
+def test_the_overlap_experiment_trains_with_the_rollout_in_a_worker(tmp_path):
+    """tools/ppo_overlap.py: each update's rollout comes from the worker process (one update behind); with --decoupled
+    the ratio starts at the weights before the update. Both log the baseline's scalars; a bad flag is one line."""
+    for decoupled in [[], ["--decoupled"]]:
+        run_dir = tmp_path / str(len(decoupled))
+        result = run_script("--total-timesteps", "640", "--seed", "3", "--run-dir", str(run_dir), "--eval-episodes", "2",
+                            *decoupled, *TINY, script="tools/ppo_overlap.py")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        logged = scalars(only_run(str(run_dir)))
+        assert len(logged["losses/approx_kl"]) == 5 and all(math.isfinite(value) for value in logged["losses/value_loss"])
+        assert len(logged["eval/success_rate"]) == 1
+    bad = run_script("--resume", str(run_dir), "--run-dir", str(tmp_path / "bad"), script="tools/ppo_overlap.py")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert not (tmp_path / "bad").exists()
