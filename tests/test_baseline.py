@@ -414,9 +414,10 @@ def test_ctrl_c_saves_a_checkpoint_and_keeps_the_logs(tmp_path):
 
 
 def test_the_overlap_experiment_trains_with_the_rollout_in_a_worker(tmp_path):
-    """tools/ppo_overlap.py: each update's rollout comes from the worker process (one update behind); with --decoupled
-    the ratio starts at the weights before the update. Both log the baseline's scalars; a bad flag is one line."""
-    for decoupled in [[], ["--decoupled"]]:
+    """tools/ppo_overlap.py: each update's rollout comes from the worker process (one update behind; --sequential: none);
+    with --decoupled the ratio starts at the weights before the update. All log the baseline's scalars; bad input is
+    one line."""
+    for decoupled in [[], ["--decoupled"], ["--sequential", "--decoupled"]]:
         run_dir = tmp_path / str(len(decoupled))
         result = run_script("--total-timesteps", "640", "--seed", "3", "--run-dir", str(run_dir), "--eval-episodes", "2",
                             *decoupled, *TINY, script="tools/ppo_overlap.py")

@@ -34,6 +34,8 @@ class Args(pb.Args):
     decoupled: bool = False
     """clip the ratio to the weights before this update, not to the rollout's (one update older), and weight the
     advantages by the rollout's importance ratio (Hilton et al. 2021's decoupled PPO objective)"""
+    sequential: bool = False
+    """a control: collect each rollout with the weights after the update, as ppo_baseline.py does (no overlap, no lag)"""
 
 
 def collect_rollouts(args, connection):
@@ -106,7 +108,7 @@ if __name__ == "__main__":
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
         rollout = parent_end.recv()  # collected with the weights sent one update ago
-        if iteration < args.num_iterations:  # the next rollout starts now, with the weights before this update
+        if iteration < args.num_iterations and not args.sequential:  # the next rollout starts now, with these weights
             parent_end.send(agent.state_dict())
         for step, episode_return, episode_length in rollout["episodes"]:
             recent_returns.append(episode_return)
@@ -185,6 +187,8 @@ if __name__ == "__main__":
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
         iterations_done = iteration
+        if iteration < args.num_iterations and args.sequential:  # the next rollout, with the updated weights
+            parent_end.send(agent.state_dict())
 
         y_pred, y_true = b_values.numpy(), b_returns.numpy()
         var_y = np.var(y_true)
