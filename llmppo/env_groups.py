@@ -75,7 +75,6 @@ class EnvGroups(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.metadata = dict(self.local.metadata, autoreset_mode=autoreset_mode)
         self.render_mode = self.local.render_mode
-        self.envs = self.local.envs  # group 0's envs, for a GIF of env 0
 
     def _call_groups(self, command, local_data, worker_data):
         for connection, data in zip(self.connections, worker_data):
