@@ -35,8 +35,8 @@ class Args(runs.RunFlags):  # + the flags of every script: run folder, checkpoin
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
     """train on CUDA if available (the networks are tiny: the CPU is usually as fast)"""
-    torch_threads: int = 1
-    """torch CPU threads; 1 is fastest for these small networks and avoids fighting the env workers"""
+    torch_threads: int = 2
+    """torch CPU threads of the update (the rollout's forward passes take one: the env workers need the other cores)"""
     memory: bool = True
     """give the agent a GRU memory of past steps (recurrent PPO); a --checkpoint or --resume brings its own"""
     patch_stride: int = 2
@@ -177,8 +177,7 @@ class Agent(nn.Module):
         # 1 puts a window at every cell, so the agent knows where an object is to the cell, not to the patch.
         self.patch_stride = patch_stride
         self.patch_conv = layer_init(nn.Linear(2 * 2 * 8, 16))
-        # The mission as a bag of words: the levels benchmarked here are told apart by which words appear ("go to the
-        # red ball"). Order-sensitive missions ("put A next to B") would need a GRU, at several times the cost.
+        # The mission as a bag of words (which words appear: "go to the red ball"); "put A next to B" would need a GRU.
         self.mission_encoder = nn.Sequential(layer_init(nn.Linear(len(MISSION_WORDS) + 2, 32)), nn.ReLU())
         # FiLM (BabyAI's agent): the mission scales and shifts each patch channel; small initial weights: the plain CNN at first.
         self.film = layer_init(nn.Linear(32, 2 * 16), std=0.01)
@@ -252,7 +251,7 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(1)  # the rollout's tiny forward passes; --torch-threads for the update
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
@@ -348,6 +347,7 @@ if __name__ == "__main__":
         b_dones = dones.reshape(-1)
         b_memories = memories.reshape((args.batch_size, agent.memory_size))
 
+        torch.set_num_threads(args.torch_threads)  # the env workers' cores are idle during the update
         # Optimizing the policy and value network: minibatches of chunks of one env's steps, each from its stored memory
         chunk_inds = rollout_chunks(args.num_steps, args.num_envs, args.recurrence)
         chunk_order = np.arange(chunk_inds.shape[1])
@@ -408,6 +408,7 @@ if __name__ == "__main__":
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
         iterations_done = iteration
+        torch.set_num_threads(1)
 
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)

@@ -359,7 +359,8 @@ def test_actor_vs_bot_splits_episodes_by_the_target_in_view(trained):
 
 
 def test_same_seed_gives_the_same_learning_curve(tmp_path):
-    """Twice with the envs stepped in two processes (the default), once in one: the same curve each time."""
+    """Twice with the envs stepped in two processes (the default), once in one: the same curve each time (the
+    update's two torch threads, the default, included)."""
     curves = []
     for attempt, env_processes in enumerate(["2", "2", "1"]):
         run_dir = tmp_path / str(attempt)
@@ -383,6 +384,7 @@ def test_same_seed_gives_the_same_learning_curve(tmp_path):
         (["--capture-video"], "add --eval-episodes N"),
         (["--patch-stride", "3"], "--patch-stride must be 1 or 2"),
         (["--env-processes", "0"], "--env-processes must be at least 1"),
+        (["--torch-threads", "0"], "--torch-threads must be at least 1"),
     ],
 )
 def test_bad_input_gives_one_clear_line(flags, message, tmp_path):

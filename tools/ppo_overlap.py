@@ -36,6 +36,8 @@ class Args(pb.Args):
     advantages by the rollout's importance ratio (Hilton et al. 2021's decoupled PPO objective)"""
     sequential: bool = False
     """a control: collect each rollout with the weights after the update, as ppo_baseline.py does (no overlap, no lag)"""
+    torch_threads: int = 1
+    """torch CPU threads of the update (one: the rollout's worker process runs beside it on the other core)"""
 
 
 def collect_rollouts(args, connection):
