@@ -372,6 +372,39 @@ def test_same_seed_gives_the_same_learning_curve(tmp_path):
     assert curves[0] == curves[1] == curves[2]
 
 
+# The moment torch is first imported, what GOMP_SPINCOUNT is (libgomp reads it when torch loads).
+SPIN_WHEN_TORCH_LOADS = """
+import os, runpy, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+sys.meta_path.insert(0, Watch())
+sys.argv = [sys.argv[1], "--help"]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python SCRIPT` would
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+print("GOMP_SPINCOUNT when torch loaded:", seen[0])
+"""
+
+
+@pytest.mark.parametrize("script", ["ppo_baseline.py", "ppo_llm_policy.py", "ppo_llm_explore.py"])
+def test_torch_threads_spin_briefly_unless_the_user_set_it(script):
+    """Two runs side by side on two cores crawl while the update's idle torch threads spin (issue 34): each script
+    shortens the spin before torch loads, and keeps a GOMP_SPINCOUNT the user set."""
+    for user_value, expected in [(None, "1000"), ("20000", "20000")]:
+        env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+        if user_value is not None:
+            env["GOMP_SPINCOUNT"] = user_value
+        result = subprocess.run([sys.executable, "-c", SPIN_WHEN_TORCH_LOADS, os.path.join(ROOT, script)], env=env,
+                                capture_output=True, text=True, timeout=120, cwd=outside_repo())
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"GOMP_SPINCOUNT when torch loaded: {expected}" in result.stdout, result.stdout[-3000:]
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
