@@ -104,6 +104,36 @@ def test_ctrl_c_while_the_script_loads_exits_130_without_a_traceback(script, tmp
     assert not os.path.exists(tmp_path / "runs")
 
 
+# The signal lands inside library code as it loads: a class attribute's __set_name__ (Python wraps an exception raised
+# there into a RuntimeError) and a __del__ (Python prints an exception raised there and goes on).
+CTRL_C_INSIDE = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import llmppo.ctrl_c
+class Interrupts:
+    def __set_name__(self, owner, name):
+        os.kill(os.getpid(), signal.SIGINT)
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+if sys.argv[2] == "__set_name__":
+    class Loading:
+        attribute = Interrupts()
+else:
+    Interrupts.__set_name__ = lambda *args: None
+    Interrupts()
+print("still loading after the Ctrl-C")
+"""
+
+
+@pytest.mark.parametrize("where", ["__set_name__", "__del__"])
+def test_ctrl_c_inside_library_code_while_loading_exits_130_without_a_traceback(where):
+    """A Ctrl-C in CI landed in torch's import inside a __set_name__: a RuntimeError's traceback and exit code 1."""
+    result = subprocess.run([sys.executable, "-c", CTRL_C_INSIDE, ROOT, where], capture_output=True, text=True,
+                            timeout=60, cwd=outside_repo())
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "still loading" not in result.stdout, result.stderr[-3000:]
+
+
 # ---- 9. two runs started in the same second never share a folder -----------------------------------------------------
 def test_a_run_never_writes_into_an_existing_run_folder(tmp_path):
     # The folders that runs started in the next minute would be named after, each with a file of its own.
