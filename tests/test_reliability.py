@@ -119,7 +119,6 @@ if sys.argv[2] == "__set_name__":
     class Loading:
         attribute = Interrupts()
 else:
-    Interrupts.__set_name__ = lambda *args: None
     Interrupts()
 print("still loading after the Ctrl-C")
 """
