@@ -3,6 +3,7 @@
 import glob
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -463,3 +464,16 @@ def test_the_overlap_experiment_trains_with_the_rollout_in_a_worker(tmp_path):
     bad = run_script("--resume", str(run_dir), "--run-dir", str(tmp_path / "bad"), script="tools/ppo_overlap.py")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_bench_update_times_the_update_with_and_without_the_memory():
+    """tools/bench_update.py: the update of both agents timed on one rollout, the narrower memory the one asked for;
+    bad input is one line."""
+    result = run_script("--num-envs", "4", "--num-steps", "8", "--recurrence", "4", "--update-epochs", "1", "--repeats", "2",
+                        "--memory-input", "4", "--memory-size", "8", script="tools/bench_update.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    times = re.findall(r"^  (.+): ([\d.]+) ms$", result.stdout, re.MULTILINE)
+    assert [name for name, _ in times] == ["memory (GRU 8 units on a 4-unit projection)", "no memory"], result.stdout
+    assert all(float(ms) > 0 for _, ms in times)
+    bad = run_script("--num-steps", "8", "--recurrence", "3", script="tools/bench_update.py")
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --recurrence must divide --num-steps", bad.stderr
