@@ -477,3 +477,5 @@ def test_bench_update_times_the_update_with_and_without_the_memory():
     assert all(float(ms) > 0 for _, ms in times)
     bad = run_script("--num-steps", "8", "--recurrence", "3", script="tools/bench_update.py")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --recurrence must divide --num-steps", bad.stderr
+    bad = run_script("--env-id", "MiniGrid-NoSuchLevel-v0", script="tools/bench_update.py")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--env-id" in bad.stderr, bad.stderr

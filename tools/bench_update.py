@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -84,6 +85,8 @@ def flag_error(args):
     for name in counts:
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
+    if args.env_id not in gym.registry:
+        return f"--env-id {args.env_id!r} is not a registered env id: give a MiniGrid-* or BabyAI-* id"
     if args.memory_input < 0:
         return "--memory-input must be 0 (the features) or a number of units"
     if args.patch_stride not in (1, 2):
