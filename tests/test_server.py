@@ -49,7 +49,9 @@ def test_served_scores_equal_the_in_process_ones(server, request):
     texts, _ = collect_states("BabyAI-UnlockLocal-v0", 20, 0.2, seed=1)
     actions = prompts.allowed_actions("BabyAI-UnlockLocal-v0")
     local = advisers.make_adviser("llm", actions=actions, cache_dir=None, n_threads=1)
-    served = advisers.make_adviser("llm", actions=actions, cache_dir=None, base_url=server)
+    # One request at a time: llama-server evaluates concurrent requests in one batch across its slots, and a prompt's
+    # log-probs then depend on the prompts batched with it (benchmarks/pages/server); alone, each is the in-process one.
+    served = advisers.make_adviser("llm", actions=actions, cache_dir=None, base_url=server, max_concurrency=1)
     assert served.prefix == local.prefix and served.backend.template_source == {
         "llama_cpp.server": f"the chat template of {os.path.basename(llama.default_model_path())}",
         "llama-server": "the server's /props"}[kind(request)]
@@ -215,3 +217,19 @@ def test_the_prompt_keeps_the_chat_templates_first_token_in_process_and_served(s
                                np.array(local.raw_answer(texts[0]))[actions], atol=TOLERANCE[kind(request)])
     for adviser in (local, fresh, served):
         adviser.close()
+
+
+def test_bench_server_prints_how_far_served_scores_are_from_in_process():
+    """tools/bench_server.py compares each server's raw scores with the in-process ones: a fresh llama-server asked one
+    request at a time agrees within float rounding."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_server.py"), "--paths", "in-process",
+                             "llama-server:2", "--rounds", "1", "--num-states", "4"], capture_output=True, text=True,
+                            timeout=600, cwd=outside_repo())
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = [i for i, line in enumerate(lines) if "largest difference from the in-process raw scores" in line]
+    assert len(header) == 1, result.stdout
+    rows = {cells[0]: cells[1:] for cells in (line.strip("| ").split(" | ") for line in lines[header[0] + 2:] if line.startswith("| "))}
+    assert set(rows) == {"llama-server:2, concurrency 1", "llama-server:2, concurrency 16"}, result.stdout
+    largest, off = rows["llama-server:2, concurrency 1"]
+    assert float(largest) < 1e-3 and off == "0 of 4", result.stdout

@@ -7,7 +7,8 @@ Starts the servers it is asked for with the same GGUF and threads: `python -m ll
 `llama-server` with 1 or 16 parallel slots (built once by tools/llama_server.py); an external server at
 --llm-base-url is measured too. It then takes turns (a round measures every path, a server at concurrency 1 and 16)
 over the same distinct observation texts with empty caches, and prints milliseconds per uncached query and per step
-of --batch-size envs, per round and their medians.
+of --batch-size envs, per round and their medians. With in-process among the paths it also prints how far each
+server's raw scores of the allowed words are from the in-process ones (the first round's), per round.
 """
 
 import os
@@ -86,6 +87,17 @@ def ms_per_query(adviser, texts, batch_size):
     return 1000 * (time.perf_counter() - start) / len(texts)
 
 
+def raw_scores(adviser, texts, actions):
+    """The allowed words' raw scores of each text, from the adviser's memory cache (-inf: a word outside the top-K)."""
+    return np.array([np.asarray(adviser.raw_answer(text, cached_only=True), dtype=np.float64)[actions] for text in texts])
+
+
+def score_differences(served, reference):
+    """|served - in process| per text and word, where the server returned the word (0 where it fell outside its top-K)."""
+    returned = np.isfinite(served) & np.isfinite(reference)
+    return np.where(returned, np.abs(np.where(returned, served, 0.0) - np.where(returned, reference, 0.0)), 0.0)
+
+
 def main(args: Args):
     for name in ["num_states", "rounds", "threads", "batch_size"]:
         if getattr(args, name) < 1:
@@ -118,12 +130,14 @@ def main(args: Args):
                 processes.append(process)
         if args.llm_base_url:
             servers["external"] = args.llm_base_url
-        results, requests_per_query = {}, {}
+        results, requests_per_query, differences, reference = {}, {}, {}, None
         for _ in range(args.rounds):
             if "in-process" in args.paths:
                 local = make_adviser("llm", actions=actions, model_path=model_path, n_threads=args.threads,
                                      cache_dir=None)
                 results.setdefault("in process", []).append(ms_per_query(local, texts, args.batch_size))
+                if reference is None:
+                    reference = raw_scores(local, texts, actions)
                 local.close()
             for name, base_url in servers.items():
                 for concurrency in (1, 16):
@@ -132,6 +146,8 @@ def main(args: Args):
                     label = f"{name}, concurrency {concurrency}"
                     results.setdefault(label, []).append(ms_per_query(served, texts, args.batch_size))
                     requests_per_query.setdefault(name, []).append(served.stats["requests"] / len(texts))
+                    if reference is not None:
+                        differences.setdefault(label, []).append(score_differences(raw_scores(served, texts, actions), reference))
                     served.close()
     finally:
         for process in processes:
@@ -149,6 +165,12 @@ def main(args: Args):
     print("\nHTTP requests per query: " + ", ".join(f"{name} {np.mean(values):.2f}"
                                                      for name, values in requests_per_query.items())
           + " (1.00: the top-100 log-probs held every allowed word).")
+    if differences:
+        print("\n| path | largest difference from the in-process raw scores (nats; the words the server returned), each "
+              "round | states off by more than 1e-3, each round |\n|---|---|---|")
+        for label, rounds in differences.items():
+            print(f"| {label} | {' / '.join(f'{d.max():.1e}' for d in rounds)} | "
+                  f"{' / '.join(str(int((d > 1e-3).any(axis=1).sum())) for d in rounds)} of {len(texts)} |")
 
 
 if __name__ == "__main__":
