@@ -94,8 +94,8 @@ def raw_scores(adviser, texts, actions):
 
 def score_differences(served, reference):
     """|served - in process| per text and word, where the server returned the word (0 where it fell outside its top-K)."""
-    returned = np.isfinite(served) & np.isfinite(reference)
-    return np.where(returned, np.abs(np.where(returned, served, 0.0) - np.where(returned, reference, 0.0)), 0.0)
+    with np.errstate(invalid="ignore"):  # -inf minus -inf where neither has the word
+        return np.where(np.isfinite(served) & np.isfinite(reference), np.abs(served - reference), 0.0)
 
 
 def main(args: Args):
